@@ -71,19 +71,40 @@ def tiny_models() -> Path:
     return tiny_models.build_all()
 
 
-def model_roots(root: Path) -> dict[str, list[Path]]:
-    return {
-        "diffusion_models": [root / "diffusion_models"],
-        "vae_approx": [root / "vae_approx"],
-    }
+USER_MODEL_FOLDERS = ("checkpoints", "diffusion_models", "loras", "text_encoders", "vae")
 
 
 @pytest.fixture(scope="session")
-def host(tiny_models):
+def user_models(tmp_path_factory) -> Path:
+    """A session folder laid out like ComfyUI's models/ (checkpoints, diffusion_models, loras, ...).
+
+    Registered in the in-process host and in the server, so files a test writes here (LoRAs,
+    text encoders, ...) show up in the loaders' lists; the host rescans when a folder changes."""
+    root = tmp_path_factory.mktemp("user-models")
+    for f in USER_MODEL_FOLDERS:
+        (root / f).mkdir()
+    return root
+
+
+@pytest.fixture(scope="session")
+def training_root(tmp_path_factory) -> Path:
+    """The folder the server is told holds training runs (SD35WB_TRAINING_ROOTS)."""
+    return tmp_path_factory.mktemp("training-runs")
+
+
+def model_roots(root: Path, user: Path) -> dict[str, list[Path]]:
+    roots = {f: [user / f] for f in USER_MODEL_FOLDERS}
+    roots["diffusion_models"].append(root / "diffusion_models")
+    roots["vae_approx"] = [root / "vae_approx"]
+    return roots
+
+
+@pytest.fixture(scope="session")
+def host(tiny_models, user_models):
     """ComfyUI in this process, CPU only, with core nodes, our pack and the test nodes loaded."""
     import folder_paths
 
-    for folder, paths in model_roots(tiny_models).items():
+    for folder, paths in model_roots(tiny_models, user_models).items():
         for p in paths:
             folder_paths.add_model_folder_path(folder, str(p), is_default=True)
     import nodes
@@ -95,11 +116,11 @@ def host(tiny_models):
 
 
 @pytest.fixture(scope="session")
-def server(tiny_models, tmp_path_factory):
+def server(tiny_models, user_models, training_root, tmp_path_factory):
     """A real ComfyUI server on 127.0.0.1 with the pack, the test nodes and the tiny models."""
     base = tmp_path_factory.mktemp("comfy-base")
-    cfg = prepare_base(base, model_roots(tiny_models), {"sd35wb_testnodes": TESTS / "testnodes"})
-    srv = ComfyServer(base, cfg).start()
+    cfg = prepare_base(base, model_roots(tiny_models, user_models), {"sd35wb_testnodes": TESTS / "testnodes"})
+    srv = ComfyServer(base, cfg, env={"SD35WB_TRAINING_ROOTS": str(training_root)}).start()
     yield srv
     srv.stop()
     ARTIFACTS.mkdir(exist_ok=True)

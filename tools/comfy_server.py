@@ -69,13 +69,15 @@ def prepare_base(base: Path, model_roots: dict[str, list[Path]], extra_custom_no
 
 
 class ComfyServer:
-    def __init__(self, base: Path, extra_model_paths: Path, port: int | None = None, extra_args: list[str] | None = None):
+    def __init__(self, base: Path, extra_model_paths: Path, port: int | None = None, extra_args: list[str] | None = None,
+                 env: dict[str, str] | None = None):
         self.base = Path(base)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.base / "server.log"
         self.extra_model_paths = extra_model_paths
         self.extra_args = extra_args or []
+        self.env = env or {}
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 180.0) -> ComfyServer:
@@ -84,7 +86,7 @@ class ComfyServer:
                "--base-directory", str(self.base), "--extra-model-paths-config", str(self.extra_model_paths),
                "--disable-auto-launch", "--database-url", f"sqlite:///{self.base / 'comfyui.db'}", *self.extra_args]
         self._log = open(self.log_path, "ab")
-        penv = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+        penv = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **self.env}
         self.proc = subprocess.Popen(cmd, cwd=env["COMFYUI_DIR"], stdout=self._log, stderr=subprocess.STDOUT, env=penv)
         deadline = time.time() + timeout
         while time.time() < deadline:
