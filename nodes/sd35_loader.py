@@ -184,6 +184,14 @@ class SD35Loader(io.ComfyNode):
     @classmethod
     def execute(cls, model_name: str, variant: str, clip_l: str, clip_g: str, t5xxl: str, t5_dtype: str, vae: str,
                 shift: float, fetch_missing: bool) -> io.NodeOutput:
+        try:
+            return cls._load(model_name, variant, clip_l, clip_g, t5xxl, t5_dtype, vae, shift, fetch_missing)
+        except si.ModelFileError as e:  # shown as a plain ValueError, without our module path
+            raise ValueError(str(e)) from None
+
+    @classmethod
+    def _load(cls, model_name: str, variant: str, clip_l: str, clip_g: str, t5xxl: str, t5_dtype: str, vae: str,
+              shift: float, fetch_missing: bool) -> io.NodeOutput:
         if variant not in si.VARIANT_CHOICES:
             raise ValueError(f"variant: unknown choice {variant!r}; expected one of {list(si.VARIANT_CHOICES)}")
         if t5_dtype not in ("default", "fp8_e4m3fn"):
