@@ -220,7 +220,7 @@ class SD35Loader(io.ComfyNode):
             vae_path = folder_paths.get_full_path("vae", vae)
             if vae_path is None:
                 raise ValueError(f"vae: {vae} is not in models/vae.")
-            si.read_header(vae_path, "vae")
+            si.check_vae(vae_path, "vae")
         elif vae == TAESD3 and TAESD3 not in host_nodes.VAELoader.vae_list(host_nodes.VAELoader):
             raise ValueError("vae: taesd3 needs taesd3_encoder and taesd3_decoder .safetensors in models/vae_approx.")
         info = si.inspect_model(model_path, "model_name") if model_path else None

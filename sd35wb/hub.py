@@ -179,7 +179,9 @@ def resolve(name: str, folders: list[str], allow_download: bool = True, progress
     """Path of ``name`` in the ComfyUI ``folders`` (the first is where fetched files go),
     fetching it as described in the module docstring. Raises :class:`HubError`."""
     log = log or (lambda _m: None)
-    cache_dir = cache_dir or os.environ.get("HF_HUB_CACHE") or None  # honoured even if set after import
+    # honoured even when set after huggingface_hub was imported (it reads them once, at import)
+    cache_dir = cache_dir or os.environ.get("HF_HUB_CACHE") or None
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
     here = find_local(name, folders)
     if here:
         return here

@@ -299,8 +299,8 @@ _CLIP_BY_LAYERS = {12: "CLIP-L", 24: "CLIP-H", 32: "CLIP-G"}
 _T5_BY_DMODEL = {4096: "T5-XXL", 2048: "T5-XL", 1024: "T5-large", 768: "T5-base", 512: "T5-small"}
 
 
-def _text_encoder_kind(tensors: dict[str, Tensor]) -> tuple[str, str] | None:
-    """(kind, details) for a bare text-encoder state dict, or None when it is not one."""
+def _text_encoder_kind(tensors: dict[str, Tensor]) -> tuple[str, str, int | None] | None:
+    """(kind, details, width) for a bare text-encoder state dict, or None when it is not one."""
     keys = list(tensors)
     layers = _indices(keys, r"(?:.*\.)?text_model\.encoder\.layers\.(\d+)\.")
     if layers:
@@ -311,7 +311,7 @@ def _text_encoder_kind(tensors: dict[str, Tensor]) -> tuple[str, str] | None:
                 hidden = v.shape[-1]
                 break
         kind = _CLIP_BY_HIDDEN.get(hidden) or _CLIP_BY_LAYERS.get(n) or "CLIP"
-        return kind, f"{n} layers" + (f", hidden {hidden}" if hidden else "")
+        return kind, f"{n} layers" + (f", hidden {hidden}" if hidden else ""), hidden
     blocks = _indices(keys, r"(?:.*\.)?encoder\.block\.(\d+)\.layer\.")
     if blocks:
         n = max(blocks) + 1
@@ -324,7 +324,7 @@ def _text_encoder_kind(tensors: dict[str, Tensor]) -> tuple[str, str] | None:
             d = tensors["shared.weight"].shape[-1]
         kind = _T5_BY_DMODEL.get(d) or ("T5-XXL" if n == 24 and any("wi_1" in k for k in keys) else "T5")
         dtypes = sorted({v.dtype for v in tensors.values() if len(v.shape) == 2})
-        return kind, f"{n} blocks" + (f", d_model {d}" if d else "") + (f", {'/'.join(dtypes)}" if dtypes else "")
+        return kind, f"{n} blocks" + (f", d_model {d}" if d else "") + (f", {'/'.join(dtypes)}" if dtypes else ""), d
     return None
 
 
@@ -334,6 +334,7 @@ class TextEncoderInfo:
     kind: str
     details: str
     dtype: str | None = None  # dominant dtype of the 2-D weights (e.g. "F16", "F8_E4M3")
+    width: int | None = None  # CLIP hidden size / T5 d_model, when the header shows it
 
 
 def inspect_text_encoder(path: str, what: str = "text encoder") -> TextEncoderInfo:
@@ -346,7 +347,7 @@ def inspect_text_encoder(path: str, what: str = "text encoder") -> TextEncoderIn
         if len(v.shape) == 2:
             counts[v.dtype] = counts.get(v.dtype, 0) + 1
     dtype = max(counts, key=counts.get) if counts else None
-    return TextEncoderInfo(path, kind[0], kind[1], dtype)
+    return TextEncoderInfo(path, kind[0], kind[1], dtype, kind[2])
 
 
 def check_text_encoder(path: str, slot: str) -> TextEncoderInfo:
@@ -361,7 +362,15 @@ def check_text_encoder(path: str, slot: str) -> TextEncoderInfo:
         raise ModelFileError(
             f"{slot}: {_name(path)} is a {info.kind} text encoder ({info.details}), not {expected}. Expected {label}."
             + (f" Put it in the {_slot_for(info.kind)} input instead." if _slot_for(info.kind) else ""))
+    width = _TE_WIDTH[expected]
+    if info.width is not None and info.width != width:  # right key names, wrong shapes: the host would fail late
+        raise ModelFileError(
+            f"{slot}: {_name(path)} has {expected}'s layout but width {info.width} ({info.details}); the host builds "
+            f"{expected} with width {width}. Expected {label}.")
     return info
+
+
+_TE_WIDTH = {"CLIP-L": 768, "CLIP-G": 1280, "T5-XXL": 4096}
 
 
 def _slot_for(kind: str) -> str | None:
@@ -369,3 +378,28 @@ def _slot_for(kind: str) -> str | None:
         if k == kind:
             return slot
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# VAEs
+
+SD3_LATENT_CHANNELS = 16
+
+
+def check_vae(path: str, what: str = "vae") -> None:
+    """Refuse a VAE file whose latent channels are not SD3's 16 (an SD1.x / SDXL VAE has 4)."""
+    h = read_header(path, what)
+    t = h.tensors
+    for key in ("decoder.conv_in.weight", "first_stage_model.decoder.conv_in.weight", "vae.decoder.conv_in.weight"):
+        if key in t and len(t[key].shape) == 4:
+            ch = t[key].shape[1]
+            break
+    else:
+        if not any(k.startswith(("decoder.", "encoder.", "first_stage_model.", "taesd_", "vae.")) for k in t):
+            raise ModelFileError(f"{what}: {_name(path)} is not a VAE: it looks like {guess_family(t)}. Expected the "
+                                 "SD3 / SD3.5 VAE (16 latent channels).")
+        return
+    if ch != SD3_LATENT_CHANNELS:
+        fam = " (an SD1.x / SD2.x / SDXL VAE)" if ch == 4 else ""
+        raise ModelFileError(f"{what}: {_name(path)} is a {ch}-channel VAE{fam}; SD3.5 needs the 16-channel SD3 VAE "
+                             "(use 'from checkpoint' with Stability's single-file model, or taesd3 for previews).")

@@ -31,8 +31,11 @@ def files(host, user_models):
 
     te, dm, ck = user_models / "text_encoders", user_models / "diffusion_models", user_models / "checkpoints"
     _link(sd35_fixtures.clip_l_file(), te / CLIP_L)
-    write(te / "sd35wb-fake-clip_g.safetensors", clip_keys(32))  # CLIP-G key names, tiny shapes
-    write(te / "sd35wb-fake-t5.safetensors", t5_keys(24))
+    # key names (and widths, in the headers) of real CLIP-G / T5-XXL files, with tiny matrices
+    write(te / "sd35wb-fake-clip_g.safetensors", clip_keys(32, 1280))
+    write(te / "sd35wb-fake-t5.safetensors", t5_keys(24, 4096))
+    write(te / "sd35wb-small-clip_g.safetensors", clip_keys(32, 8))
+    write(user_models / "vae" / "sd35wb-sdxl-vae.safetensors", {"decoder.conv_in.weight": (8, 4, 3, 3)})
     # SimpleTuner's layout, symlinked into diffusion_models as users do
     diffusers = host.models / "diffusers" / "tiny-sd35m" / "transformer" / "diffusion_pytorch_model.safetensors"
     _link(diffusers, dm / "sd35wb-simpletuner" / "transformer" / "diffusion_pytorch_model.safetensors")
@@ -40,7 +43,8 @@ def files(host, user_models):
     data = tiny.read_bytes()
     (dm / "sd35wb-truncated.safetensors").write_bytes(data[: len(data) // 2])
     (dm / "sd35wb-pickle.safetensors").write_bytes(b"PK\x03\x04" + b"\0" * 64)
-    (ck / "sd35wb-tiny-with-vae.safetensors").exists() or _checkpoint_with_taesd3(tiny, ck / "sd35wb-tiny-with-vae.safetensors")
+    if not (ck / "sd35wb-tiny-with-vae.safetensors").exists():
+        _checkpoint(tiny, ck / "sd35wb-tiny-with-vae.safetensors")
     return user_models
 
 
@@ -50,15 +54,18 @@ def _link(src: Path, dest: Path) -> None:
         dest.symlink_to(src)
 
 
-def _checkpoint_with_taesd3(tiny: Path, dest: Path) -> None:
+def _checkpoint(tiny: Path, dest: Path, clip_l: Path | None = None) -> None:
     """A single-file checkpoint like Stability's sd3.5_*.safetensors (MMDiT + VAE inside), with
-    the taesd3 decoder as its VAE so it stays tiny."""
+    the taesd3 decoder as its VAE so it stays tiny; optionally CLIP-L inside too, under the
+    ``text_encoders.clip_l.transformer.`` prefix ComfyUI's SD3 checkpoints use."""
     import comfy.utils
     import nodes
     from safetensors.torch import save_file
 
     sd = comfy.utils.load_torch_file(str(tiny))
     sd.update({f"first_stage_model.{k}": v.contiguous() for k, v in nodes.VAELoader.load_taesd("taesd3").items()})
+    if clip_l is not None:
+        sd.update({f"text_encoders.clip_l.transformer.{k}": v for k, v in comfy.utils.load_torch_file(str(clip_l)).items()})
     save_file(sd, str(dest))
 
 
@@ -180,6 +187,32 @@ def test_vae_from_checkpoint(host, files):
     assert torch.equal(latent["samples"], sample(host, single))
 
 
+def test_text_encoder_inside_the_checkpoint_is_used_when_all_slots_are_none(host, files, tmp_path, caplog):
+
+    from tools import sd35_fixtures
+
+    path = files / "checkpoints" / "sd35wb-tiny-with-clip.safetensors"
+    _checkpoint(host.models / "diffusion_models" / "tiny-sd35m.safetensors", path, sd35_fixtures.clip_l_file())
+    try:
+        with caplog.at_level("INFO", logger="sd35-workbench"):
+            _, clip, vae, _ = load(host, model_name=path.name, vae="from checkpoint")
+        assert "text encoders inside: clip_l" in caplog.text and vae is not None
+        (cond,) = call(host.nodes, "CLIPTextEncode", clip=clip, text="a red fox in the snow")
+        (ref_clip,) = call(host.nodes, "CLIPLoader", clip_name=CLIP_L, type="sd3", device="default")
+        (ref,) = call(host.nodes, "CLIPTextEncode", clip=ref_clip, text="a red fox in the snow")
+        assert torch.equal(cond[0][0], ref[0][0]) and torch.equal(cond[0][1]["pooled_output"], ref[0][1]["pooled_output"])
+    finally:
+        path.unlink()
+
+
+def test_medium_on_a_four_block_model_warns_about_slg_layers(host, files, caplog):
+    with caplog.at_level("INFO", logger="sd35-workbench"):
+        *_, settings = load(host, variant="medium")
+    assert settings["slg"]["layers"] == [7, 8, 9]
+    assert "variant medium recommends SLG layers [7, 8, 9] but tiny-sd35m.safetensors has only 4 joint blocks" in caplog.text
+    assert "variant set to medium by the user" in caplog.text
+
+
 def test_t5_fp8_cast_makes_the_host_build_t5_in_fp8(host):
     """t5_dtype fp8_e4m3fn: the host's own T5 detection then builds T5-XXL with fp8 weights."""
     import sys
@@ -187,7 +220,7 @@ def test_t5_fp8_cast_makes_the_host_build_t5_in_fp8(host):
     import comfy.text_encoders.sd3_clip
 
     mod = sys.modules[host.nodes.NODE_CLASS_MAPPINGS[LOADER].__module__]
-    sd = {k: torch.ones(s, dtype=torch.float16) for k, s in t5_keys(24, 8).items()}
+    sd = {k: torch.ones(s, dtype=torch.float16) for k, s in t5_keys(24, 16).items()}
     assert comfy.text_encoders.sd3_clip.t5_xxl_detect(sd)["dtype_t5"] == torch.float16
     cast = mod.cast_t5_fp8(sd)
     assert comfy.text_encoders.sd3_clip.t5_xxl_detect(cast)["dtype_t5"] == torch.float8_e4m3fn
@@ -212,8 +245,19 @@ BAD = [
      "input instead."),
     (dict(t5xxl=CLIP_L), "t5xxl: sd35wb-test-clip_l.safetensors is a CLIP-L text encoder (12 layers, hidden 768), not T5-XXL."),
     (dict(clip_l="sd35wb-fake-clip_g.safetensors"),
-     "clip_l: sd35wb-fake-clip_g.safetensors is a CLIP-G text encoder (32 layers, hidden 8), not CLIP-L."),
-    (dict(clip_l="sd35wb-fake-t5.safetensors"), "clip_l: sd35wb-fake-t5.safetensors is a T5-XXL text encoder"),
+     "clip_l: sd35wb-fake-clip_g.safetensors is a CLIP-G text encoder (32 layers, hidden 1280), not CLIP-L."),
+    (dict(clip_g="sd35wb-small-clip_g.safetensors"),
+     "clip_g: sd35wb-small-clip_g.safetensors has CLIP-G's layout but width 8 (32 layers, hidden 8); the host builds "
+     "CLIP-G with width 1280."),
+    (dict(vae="sd35wb-sdxl-vae.safetensors"),
+     "vae: sd35wb-sdxl-vae.safetensors is a 4-channel VAE (an SD1.x / SD2.x / SDXL VAE); SD3.5 needs the 16-channel "
+     "SD3 VAE"),
+    (dict(clip_l="sd35wb-fake-t5.safetensors"),
+     "clip_l: sd35wb-fake-t5.safetensors is a T5-XXL text encoder (24 blocks, d_model 4096, F16), not CLIP-L."),
+    (dict(t5xxl="sd35wb-fake-clip_g.safetensors"),
+     "t5xxl: sd35wb-fake-clip_g.safetensors is a CLIP-G text encoder (32 layers, hidden 1280), not T5-XXL. Expected "
+     "T5-XXL encoder (d_model 4096, 24 blocks), e.g. t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors. Put it "
+     "in the clip_g input instead."),
     (dict(vae="from checkpoint"),
      "vae: 'from checkpoint' but tiny-sd35m.safetensors has no VAE inside (a diffusion-model-only file); pick a VAE "
      "file from models/vae"),
@@ -279,5 +323,42 @@ def test_fetch_missing_links_from_the_hf_cache(host, files, offline_hub_cache):
             "clip_g: fetch_missing: clip_g.safetensors is not in the Hugging Face cache and the hub is offline "
             "(HF_HUB_OFFLINE is set); place the file manually at ")
     finally:
+        if dest.is_symlink() or dest.exists():
+            dest.unlink()  # made by this test only
+
+
+def test_fetch_missing_downloads_with_comfys_progress_bar(host, files, tmp_path, monkeypatch):
+    """A real huggingface_hub download from a fake hub on 127.0.0.1, shown in ComfyUI's progress bar."""
+    import socket
+
+    import comfy.utils
+    from huggingface_hub import constants
+    from sd35_helpers import FakeHub
+
+    from tools import sd35_fixtures
+
+    fake = FakeHub("c" * 40)
+    fake.add("stabilityai/stable-diffusion-3.5-medium", "text_encoders/clip_l.safetensors", sd35_fixtures.clip_l_file())
+    monkeypatch.setenv("HF_ENDPOINT", fake.url)  # a mirror, as users set it
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda h, *a, **k: real(h, *a, **k) if h in ("127.0.0.1", "localhost")
+                        else (_ for _ in ()).throw(OSError(f"test tried to reach {h}")))
+    seen = []
+    old_hook = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
+    dest = files / "text_encoders" / "clip_l.safetensors"
+    try:
+        _, clip, _, _ = load(host, clip_l="clip_l.safetensors", variant="medium", fetch_missing=True)
+        assert dest.exists() and dest.read_bytes()[:64] == sd35_fixtures.clip_l_file().read_bytes()[:64]
+        assert seen and seen[-1] == (1000, 1000) and len({v for v, _ in seen}) > 1
+        assert fake.auth[0] == "Bearer hf_test_token"
+        assert clip is not None
+    finally:
+        comfy.utils.set_progress_bar_global_hook(old_hook)
+        fake.close()
         if dest.is_symlink() or dest.exists():
             dest.unlink()  # made by this test only

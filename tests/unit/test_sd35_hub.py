@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import http.server
 import os
 import socket
-import threading
 from pathlib import Path
 
 import pytest
+from sd35_helpers import FakeHub
 
 from sd35wb import hub
 
@@ -34,6 +33,7 @@ def _isolated_hub(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-login" / "token"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -214,63 +214,6 @@ def test_copy_fallback_reports_enospc(folders, tmp_path, monkeypatch):
 # A fake hub on 127.0.0.1 (HEAD/GET like huggingface.co's resolve endpoint)
 
 
-class _FakeHub:
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.gated: set[str] = set()
-        self.refused: set[str] = set()
-        self.auth: list[str] = []
-        hub_ = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def _answer(self, body: bool):
-                hub_.auth.append(self.headers.get("Authorization", ""))
-                repo = "/".join(self.path.lstrip("/").split("/")[:2])
-                if repo in hub_.gated:
-                    self.send_response(403)
-                    self.send_header("X-Error-Code", "GatedRepo")
-                    self.send_header("X-Error-Message", "Access to model is restricted.")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                if repo in hub_.refused:
-                    self.send_response(401)
-                    self.send_header("X-Error-Code", "RepoNotFound")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                data = hub_.files.get(self.path)
-                if data is None:
-                    self.send_response(404)
-                    self.send_header("X-Error-Code", "EntryNotFound")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("X-Repo-Commit", REV)
-                self.send_header("ETag", '"' + hashlib.sha256(data).hexdigest() + '"')
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if body:
-                    self.wfile.write(data)
-
-            def do_HEAD(self):  # noqa: N802
-                self._answer(False)
-
-            def do_GET(self):  # noqa: N802
-                self._answer(True)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def add(self, repo: str, path: str, data: bytes):
-        self.files[f"/{repo}/resolve/main/{path}"] = data
-
-
 @pytest.fixture
 def fake_hub(monkeypatch):
     from huggingface_hub import constants
@@ -278,10 +221,10 @@ def fake_hub(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    h = _FakeHub()
+    h = FakeHub(REV)
     h.add(MEDIUM, "text_encoders/clip_l.safetensors", b"L" * 300_000)
     yield h
-    h.server.shutdown()
+    h.close()
 
 
 def test_download_with_progress_then_link(folders, monkeypatch, fake_hub, tmp_path):

@@ -128,16 +128,29 @@ def test_pickles_are_refused_by_extension(tmp_path):
     "shapes, slot, kind",
     [
         (clip_keys(12, 768), "clip_l", "CLIP-L"),
-        (clip_keys(12), "clip_l", "CLIP-L"),  # small shapes: told apart by layer count
-        (clip_keys(32), "clip_g", "CLIP-G"),
         (clip_keys(32, 1280), "clip_g", "CLIP-G"),
         (t5_keys(24, 4096), "t5xxl", "T5-XXL"),
-        (t5_keys(24), "t5xxl", "T5-XXL"),
     ],
 )
 def test_text_encoder_in_the_right_slot(tmp_path, shapes, slot, kind):
     info = si.check_text_encoder(str(write(tmp_path / "te.safetensors", shapes)), slot)
     assert info.kind == kind and info.dtype == "F16"
+
+
+@pytest.mark.parametrize(
+    "shapes, slot, msg",
+    [
+        (clip_keys(12), "clip_l", "clip_l: te.safetensors has CLIP-L's layout but width 8 (12 layers, hidden 8); the host "
+                                  "builds CLIP-L with width 768."),
+        (clip_keys(32, 16), "clip_g", "clip_g: te.safetensors has CLIP-G's layout but width 16"),
+        (t5_keys(24, 8), "t5xxl", "t5xxl: te.safetensors has T5-XXL's layout but width 8"),
+    ],
+)
+def test_right_names_wrong_width_fails_early(tmp_path, shapes, slot, msg):
+    """A file with the right key names but shapes the host cannot load fails here, not deep in the host."""
+    with pytest.raises(si.ModelFileError) as e:
+        si.check_text_encoder(str(write(tmp_path / "te.safetensors", shapes)), slot)
+    assert msg in str(e.value)
 
 
 @pytest.mark.parametrize(
@@ -172,7 +185,7 @@ def test_fp8_t5_dtype_is_read_from_the_header(tmp_path):
     import json
     import struct
 
-    shapes = t5_keys(24, 4)
+    shapes = t5_keys(24, 4096)
     header, off = {}, 0
     for k, s in shapes.items():
         n = int(np.prod(s))
@@ -184,3 +197,23 @@ def test_fp8_t5_dtype_is_read_from_the_header(tmp_path):
     p.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\x00" * off)
     info = si.check_text_encoder(str(p), "t5xxl")
     assert info.kind == "T5-XXL" and info.dtype == "F8_E4M3"
+
+
+@pytest.mark.parametrize(
+    "shapes, msg",
+    [
+        ({"decoder.conv_in.weight": (8, 16, 3, 3), "encoder.conv_in.weight": (8, 3, 3, 3)}, None),
+        ({"first_stage_model.decoder.conv_in.weight": (8, 16, 3, 3)}, None),
+        ({"decoder.conv_in.weight": (8, 4, 3, 3)},
+         "vae: v.safetensors is a 4-channel VAE (an SD1.x / SD2.x / SDXL VAE); SD3.5 needs the 16-channel SD3 VAE"),
+        (clip_keys(12, 768), "vae: v.safetensors is not a VAE: it looks like a CLIP-L text encoder."),
+    ],
+)
+def test_vae_channels(tmp_path, shapes, msg):
+    p = str(write(tmp_path / "v.safetensors", shapes))
+    if msg is None:
+        si.check_vae(p)
+    else:
+        with pytest.raises(si.ModelFileError) as e:
+            si.check_vae(p)
+        assert msg in str(e.value)
