@@ -12,7 +12,7 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 NOTE_TYPE = "MarkdownNote"
 
 
-def _input_specs(info: dict) -> list[tuple[str, str, dict]]:
+def input_specs(info: dict) -> list[tuple[str, str, dict]]:
     """(name, type, options) of every declared input, in the order the frontend builds them."""
     out = []
     for section in ("required", "optional"):
@@ -68,7 +68,7 @@ def api_to_ui(prompt: dict, object_info: dict, note: str | None = None, title: s
         info = object_info[cls]
         uid = id_map[nid]
         inputs, widgets = [], []
-        for name, typ, opts in _input_specs(info):
+        for name, typ, opts in input_specs(info):
             val = node["inputs"].get(name)
             linked = isinstance(val, list) and len(val) == 2 and str(val[0]) in prompt
             if _is_widget(typ, opts):
@@ -136,7 +136,7 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
         values = list(node.get("widgets_values") or [])
         linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
         inputs = {}
-        for name, typ, opts in _input_specs(object_info[cls]):
+        for name, typ, opts in input_specs(object_info[cls]):
             if _is_widget(typ, opts):
                 val = values.pop(0) if values else opts.get("default")
                 if _has_control(name, typ, opts) and values:
@@ -183,7 +183,7 @@ def fill_defaults(prompt: dict, object_info: dict) -> dict:
     out = {}
     for nid, node in prompt.items():
         inputs = dict(node["inputs"])
-        for name, typ, opts in _input_specs(object_info.get(node["class_type"], {})):
+        for name, typ, opts in input_specs(object_info.get(node["class_type"], {})):
             if name not in inputs and _is_widget(typ, opts) and opts.get("default") is not None:
                 inputs[name] = opts["default"]
         out[nid] = {"class_type": node["class_type"], "inputs": inputs}
