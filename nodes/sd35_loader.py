@@ -95,7 +95,9 @@ def cast_t5_fp8(sd: dict) -> dict:
     t5xxl_fp8_e4m3fn.safetensors: the host then builds T5 in fp8 (``t5_xxl_detect``) and computes
     in the GPU's compute dtype, halving its memory (about 4.9 GB instead of 9.8 GB)."""
     fp8 = torch.float8_e4m3fn
-    return {k: (v.to(fp8) if torch.is_tensor(v) and v.is_floating_point() and v.dtype != fp8 else v) for k, v in sd.items()}
+    if "scaled_fp8" in sd or any(torch.is_tensor(v) and v.dtype in (fp8, torch.float8_e5m2) for v in sd.values()):
+        return sd  # already quantised (t5xxl_fp8_e4m3fn, or a scaled-fp8 file whose scales must stay as they are)
+    return {k: (v.to(fp8) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in sd.items()}
 
 
 def shifted(model, shift: float):
@@ -110,7 +112,7 @@ def shifted(model, shift: float):
     return m
 
 
-def settings_for(variant: str, info: si.ModelInfo, shift: float) -> dict:
+def settings_for(variant: str, shift: float) -> dict:
     if variant == "custom":  # Medium's steps / cfg / sampler, but no SLG: its layers are tuned for 24 blocks
         s = presets.recommended_settings("medium")
         s["variant"] = "custom"
@@ -244,7 +246,7 @@ class SD35Loader(io.ComfyNode):
                 si.check_text_encoder(path, what)
 
         chosen, why = si.resolve_variant(info, variant, model_name)
-        settings = settings_for(chosen, info, shift)
+        settings = settings_for(chosen, shift)
         LOG.info("[sd35-workbench] SD3.5 Loader: %s: %s -> variant %s (%s)", model_name, info.describe(), chosen, why)
         if chosen == "custom":
             LOG.info("[sd35-workbench] SD3.5 Loader: %s is not a stock SD3.5 shape (%s): using Medium's steps/cfg/"

@@ -226,6 +226,8 @@ def test_t5_fp8_cast_makes_the_host_build_t5_in_fp8(host):
     assert comfy.text_encoders.sd3_clip.t5_xxl_detect(cast)["dtype_t5"] == torch.float8_e4m3fn
     assert all(v.dtype == torch.float8_e4m3fn for v in cast.values())
     assert all(torch.equal(cast[k].to(torch.float16), sd[k]) for k in sd)  # 1.0 is exact in e4m3
+    scaled = {**sd, "scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    assert mod.cast_t5_fp8(scaled) is scaled  # a scaled-fp8 file keeps its scales untouched
 
 
 # --- bad inputs -------------------------------------------------------------------------------
