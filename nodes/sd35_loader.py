@@ -258,6 +258,9 @@ class SD35Loader(io.ComfyNode):
 
         # 3. Load through the host's public API.
         want_ckpt_clip = not te_paths and bool(info.text_encoders)
+        if te_paths and info.text_encoders:
+            LOG.info("[sd35-workbench] SD3.5 Loader: using the selected text encoder files, not the %s inside %s.",
+                     ", ".join(info.text_encoders), model_name)
         embeddings = folder_paths.get_folder_paths("embeddings")
         out_vae = None
         if info.is_checkpoint:
