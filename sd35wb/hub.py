@@ -1,0 +1,244 @@
+"""Fetch missing SD3.5 weights from the Hugging Face hub into ComfyUI's model folders.
+
+Resolution order for a known file (see :data:`KNOWN_FILES`):
+
+1. already in one of the ComfyUI folders -> use it;
+2. in the huggingface_hub cache (``try_to_load_from_cache``, any of the repos that carry it) ->
+   hard-link it into the ComfyUI folder (no extra disk), else symlink, else copy;
+3. else download with ``hf_hub_download`` into the hub cache (progress reported through a
+   callback) and link it the same way.
+
+A user's file is never overwritten. The token comes from ``HF_TOKEN`` or the huggingface_hub
+login cache only (``huggingface_hub.get_token``), never from a node input: node inputs are saved
+in every PNG's metadata. Every failure becomes a :class:`HubError` whose message says what to do
+(gated repo, no token, offline, disk full, huggingface_hub missing).
+
+Plain module: ``huggingface_hub`` is imported lazily inside functions.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+REPOS = {
+    "medium": "stabilityai/stable-diffusion-3.5-medium",
+    "large": "stabilityai/stable-diffusion-3.5-large",
+    "large_turbo": "stabilityai/stable-diffusion-3.5-large-turbo",
+}
+_ALL = tuple(REPOS.values())
+
+
+@dataclass(frozen=True)
+class HubFile:
+    name: str  # file name in the ComfyUI folder
+    folder: str  # ComfyUI folder name ("checkpoints", "text_encoders")
+    repo_path: str  # path inside the repo
+    repos: tuple[str, ...]  # repos carrying the same file, preferred first
+    size_gb: float  # approximate download size
+
+
+KNOWN_FILES: dict[str, HubFile] = {f.name: f for f in (
+    # Single-file models: MMDiT + VAE (no text encoders) -> models/checkpoints
+    HubFile("sd3.5_medium.safetensors", "checkpoints", "sd3.5_medium.safetensors", (REPOS["medium"],), 5.1),
+    HubFile("sd3.5_large.safetensors", "checkpoints", "sd3.5_large.safetensors", (REPOS["large"],), 16.5),
+    HubFile("sd3.5_large_turbo.safetensors", "checkpoints", "sd3.5_large_turbo.safetensors", (REPOS["large_turbo"],), 16.5),
+    # Text encoders: the same files in all three repos -> models/text_encoders
+    HubFile("clip_l.safetensors", "text_encoders", "text_encoders/clip_l.safetensors", _ALL, 0.25),
+    HubFile("clip_g.safetensors", "text_encoders", "text_encoders/clip_g.safetensors", _ALL, 1.4),
+    HubFile("t5xxl_fp16.safetensors", "text_encoders", "text_encoders/t5xxl_fp16.safetensors", _ALL, 9.8),
+    HubFile("t5xxl_fp8_e4m3fn.safetensors", "text_encoders", "text_encoders/t5xxl_fp8_e4m3fn.safetensors", _ALL, 4.9),
+)}
+
+
+class HubError(RuntimeError):
+    """Fetching failed; the message says what the user should do."""
+
+
+def repo_url(repo: str) -> str:
+    return f"https://huggingface.co/{repo}"
+
+
+def file_url(repo: str, path: str) -> str:
+    return f"https://huggingface.co/{repo}/blob/main/{path}"
+
+
+def _hf():
+    try:
+        import huggingface_hub
+    except ImportError as e:
+        raise HubError("fetch_missing: the huggingface_hub package is not installed; run "
+                       "`pip install huggingface_hub` in ComfyUI's Python environment, or place the files manually.") from e
+    return huggingface_hub
+
+
+def is_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub sees it (read at its import) or as set now."""
+    v = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    if v in ("1", "ON", "YES", "TRUE"):
+        return True
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return False
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def find_local(name: str, folders: list[str]) -> str | None:
+    for d in folders:
+        p = os.path.join(d, name)
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def find_in_cache(hf: HubFile, cache_dir: str | None = None) -> tuple[str, str] | None:
+    """(repo, path in the hub cache) for the first repo whose cached snapshot has the file."""
+    hub = _hf()
+    for repo in hf.repos:
+        got = hub.try_to_load_from_cache(repo, hf.repo_path, cache_dir=cache_dir)
+        if isinstance(got, str) and os.path.isfile(got):
+            return repo, got
+    return None
+
+
+def link_into(src: str, dest: str) -> str:
+    """Place ``src`` at ``dest`` without overwriting anything: hard link (same disk, no extra
+    space), else symlink, else copy. Returns how ("hardlink", "symlink", "copy")."""
+    if os.path.lexists(dest):
+        raise HubError(f"fetch_missing: {dest} already exists (a broken link or a different file); it was left "
+                       "alone. Remove or rename it, then run again.")
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    real = os.path.realpath(src)  # hub snapshots are symlinks into blobs/
+    try:
+        os.link(real, dest)
+        return "hardlink"
+    except OSError:
+        pass
+    try:
+        os.symlink(real, dest)
+        return "symlink"
+    except OSError:
+        pass
+    need = os.path.getsize(real)
+    free = shutil.disk_usage(os.path.dirname(dest)).free
+    if free < need:
+        raise HubError(_disk_full_msg(os.path.dirname(dest), need - free))
+    tmp = dest + ".sd35wb-partial"
+    try:
+        shutil.copyfile(real, tmp)
+        os.replace(tmp, dest)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if e.errno == errno.ENOSPC:
+            raise HubError(_disk_full_msg(os.path.dirname(dest), need)) from e
+        raise
+    return "copy"
+
+
+def _disk_full_msg(where: str, need_bytes: float) -> str:
+    gb = max(need_bytes / 1e9, 0.1)
+    return f"fetch_missing: not enough disk space: free {gb:.1f} GB at {where}, then run again."
+
+
+def _manual_msg(hf: HubFile, dest: str, why: str) -> str:
+    return (f"fetch_missing: {hf.name} {why}; place the file manually at {dest} "
+            f"(download it from {file_url(hf.repos[0], hf.repo_path)}).")
+
+
+def _gated_msg(repo: str) -> str:
+    return (f"fetch_missing: {repo} is a gated repository: accept the license at {repo_url(repo)} while logged "
+            "in, then run `hf auth login` (or set the HF_TOKEN environment variable) and restart ComfyUI. "
+            "The token is never taken from a node input.")
+
+
+def _progress_tqdm(callback: Callable[[int, int], None]):
+    from tqdm.auto import tqdm
+
+    class _Progress(tqdm):
+        def __init__(self, *a, **kw):
+            kw["disable"] = False
+            super().__init__(*a, **kw)
+
+        def update(self, n=1):
+            out = super().update(n)
+            if self.total:
+                callback(int(self.n), int(self.total))
+            return out
+
+    return _Progress
+
+
+def resolve(name: str, folders: list[str], allow_download: bool = True, progress: Callable[[int, int], None] | None = None,
+            preferred_repo: str | None = None, cache_dir: str | None = None, endpoint: str | None = None,
+            log: Callable[[str], None] | None = None) -> str:
+    """Path of ``name`` in the ComfyUI ``folders`` (the first is where fetched files go),
+    fetching it as described in the module docstring. Raises :class:`HubError`."""
+    log = log or (lambda _m: None)
+    # honoured even when set after huggingface_hub was imported (it reads them once, at import)
+    cache_dir = cache_dir or os.environ.get("HF_HUB_CACHE") or None
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
+    here = find_local(name, folders)
+    if here:
+        return here
+    hf = KNOWN_FILES.get(name)
+    if hf is None:
+        raise HubError(f"fetch_missing: {name} is not a file this pack knows how to fetch (known: "
+                       f"{', '.join(KNOWN_FILES)}); place it in {folders[0]}.")
+    dest = os.path.join(folders[0], name)
+    if preferred_repo in hf.repos:
+        hf = HubFile(hf.name, hf.folder, hf.repo_path, (preferred_repo,) + tuple(r for r in hf.repos if r != preferred_repo),
+                     hf.size_gb)
+    hub = _hf()
+    cached = find_in_cache(hf, cache_dir)
+    if cached:
+        how = link_into(cached[1], dest)
+        log(f"{name}: found in the Hugging Face cache ({cached[0]}); {how} -> {dest}")
+        return dest
+    if not allow_download:
+        raise HubError(_manual_msg(hf, dest, "is not in the Hugging Face cache and downloads are off"))
+    if is_offline():
+        raise HubError(_manual_msg(hf, dest, "is not in the Hugging Face cache and the hub is offline (HF_HUB_OFFLINE is set)"))
+    token = hub.get_token()
+    repo = hf.repos[0]
+    if not token:
+        raise HubError(f"fetch_missing: no Hugging Face token found for {hf.name}: {repo} is gated. Accept the license at "
+                       f"{repo_url(repo)}, then run `hf auth login` (or set the HF_TOKEN environment variable) and "
+                       f"restart ComfyUI; or place the file manually at {dest}.")
+    from huggingface_hub import constants, errors
+
+    cache_root = cache_dir or constants.HF_HUB_CACHE
+    probe = cache_root
+    while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    need = hf.size_gb * 1e9
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise HubError(_disk_full_msg(cache_root, need - free))
+    log(f"{name}: downloading from {repo} ({hf.size_gb:.1f} GB) into the Hugging Face cache")
+    try:
+        path = hub.hf_hub_download(repo, hf.repo_path, token=token, cache_dir=cache_dir, endpoint=endpoint,
+                                   tqdm_class=_progress_tqdm(progress) if progress else None)
+    except errors.GatedRepoError as e:
+        raise HubError(_gated_msg(repo)) from e
+    except errors.RepositoryNotFoundError as e:  # 401 with a token: bad or expired token
+        raise HubError(f"fetch_missing: the hub refused {repo} with your token (invalid, expired, or without access): "
+                       f"check it with `hf auth whoami`, accept the license at {repo_url(repo)}, then run "
+                       "`hf auth login` again or set HF_TOKEN.") from e
+    except errors.OfflineModeIsEnabled as e:
+        raise HubError(_manual_msg(hf, dest, "could not be downloaded: the hub is offline (HF_HUB_OFFLINE is set)")) from e
+    except errors.LocalEntryNotFoundError as e:  # connection failed and nothing cached
+        raise HubError(_manual_msg(hf, dest, f"could not be downloaded: the hub is unreachable ({e.__class__.__name__})")) from e
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise HubError(_disk_full_msg(cache_root, need)) from e
+        if isinstance(e, errors.HfHubHTTPError) or "connect" in str(e).lower():
+            raise HubError(_manual_msg(hf, dest, f"could not be downloaded ({e})")) from e
+        raise
+    how = link_into(path, dest)
+    log(f"{name}: downloaded; {how} -> {dest}")
+    return dest
