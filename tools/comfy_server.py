@@ -58,7 +58,7 @@ def prepare_base(base: Path, model_roots: dict[str, list[Path]], extra_custom_no
     settings = base / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
     if not settings.exists():
-        settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+        settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}))
     lines = ["sd35wb:", f"  base_path: {base}"]
     for folder, paths in model_roots.items():
         lines.append(f"  {folder}: |")

@@ -43,23 +43,59 @@ def write_ui(object_info: dict) -> list[Path]:
     return written
 
 
-def load_in_page(page, workflow: dict) -> None:
-    page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
+LAYOUT_JS = """
+async (wf) => {
+  await window.app.loadGraphData(wf);
+  const g = window.app.graph;
+  g.arrange(60);  // the frontend's own layout, from real node sizes
+  const note = g._nodes.find(n => n.type === 'MarkdownNote');
+  if (note) {  // the note goes above the graph, as wide as the first two columns
+    const top = Math.min(...g._nodes.filter(n => n !== note).map(n => n.pos[1]));
+    note.size = [760, 300];
+    note.pos = [60, top - 340];
+  }
+  window.app.canvas.setDirty(true, true);
+  return g.serialize();
+}
+"""
+
+FIT_JS = """
+() => {
+  const c = window.app.canvas, g = window.app.graph;
+  const xs = g._nodes.flatMap(n => [n.pos[0], n.pos[0] + n.size[0]]);
+  const ys = g._nodes.flatMap(n => [n.pos[1] - 30, n.pos[1] + n.size[1]]);
+  const [x0, x1, y0, y1] = [Math.min(...xs) - 20, Math.max(...xs) + 20, Math.min(...ys) - 20, Math.max(...ys) + 20];
+  const el = c.canvas.getBoundingClientRect();
+  const scale = Math.min((el.width - 120) / (x1 - x0), (el.height - 120) / (y1 - y0), 1.0);
+  c.ds.scale = scale;
+  c.ds.offset = [(el.width - (x1 - x0) * scale) / 2 / scale - x0, (el.height - (y1 - y0) * scale) / 2 / scale - y0];
+  c.setDirty(true, true);
+  c.draw(true, true);
+  return {x: el.x + (el.width - (x1 - x0) * scale) / 2, y: el.y + (el.height - (y1 - y0) * scale) / 2,
+          width: (x1 - x0) * scale, height: (y1 - y0) * scale};
+}
+"""
 
 
-def thumbnails(server: ComfyServer, files: list[Path]) -> None:
+def layout_and_thumbnails(server: ComfyServer, files: list[Path], thumbs: bool) -> None:
+    """Lay each workflow out with the frontend, save what the editor serialises, and screenshot it."""
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page = browser.new_page(viewport={"width": 1800, "height": 1100})
         page.goto(server.url)
-        page.wait_for_function("() => window.app && window.app.graph", timeout=90_000)
+        page.wait_for_function("() => window.app && window.app.graph && window.app.extensionManager", timeout=90_000)
+        page.add_style_tag(content=".from-blue-600, .p-toast { display: none !important; }")
         for f in files:
-            load_in_page(page, json.loads(f.read_text()))
-            page.wait_for_timeout(800)
-            page.locator("canvas#graph-canvas").screenshot(path=str(f.with_suffix(".jpg")), type="jpeg", quality=70)
+            wf = page.evaluate(LAYOUT_JS, json.loads(f.read_text()))
+            f.write_text(json.dumps(wf, indent=1) + "\n")
+            if thumbs:
+                page.wait_for_timeout(500)
+                clip = page.evaluate(FIT_JS)
+                page.wait_for_timeout(500)
+                page.screenshot(path=str(f.with_suffix(".jpg")), type="jpeg", quality=75, clip=clip)
         browser.close()
 
 
@@ -73,8 +109,7 @@ def main() -> None:
         server = ComfyServer(base, cfg).start()
         try:
             files = write_ui(server.get_json("/object_info"))
-            if not args.no_thumbnails:
-                thumbnails(server, files)
+            layout_and_thumbnails(server, files, thumbs=not args.no_thumbnails)
         finally:
             server.stop()
     for f in files:

@@ -166,8 +166,9 @@ def same_graph(a: dict, b: dict) -> list[str]:
                 for k, v in sorted(n["inputs"].items()):
                     if isinstance(v, list) and len(v) == 2 and str(v[0]) in p:
                         parts.append(f"{k}=<{key(str(v[0]))}>[{v[1]}]")
-                    else:
-                        parts.append(f"{k}={v!r}")
+                    else:  # the editor saves 3.0 as 3: compare numbers by value
+                        num = isinstance(v, (int, float)) and not isinstance(v, bool)
+                        parts.append(f"{k}={float(v) if num else v!r}")
                 memo[nid] = f"{n['class_type']}({', '.join(parts)})"
             return memo[nid]
 
