@@ -72,7 +72,6 @@ class SimpleTunerLink(io.ComfyNode):
                 "order; merges sharded EMA weights; prunes only its own links when SimpleTuner rotates "
                 "checkpoints away; never touches your files. Layout: SimpleTuner 4.x (docs/simpletuner.md)."
             ),
-            search_aliases=["simpletuner", "checkpoint link", "training run", "symlink checkpoints"],
             inputs=[
                 io.String.Input("output_dir", default="",
                                 tooltip="SimpleTuner's --output_dir of the run (the folder holding checkpoint-N/)."),
@@ -156,7 +155,6 @@ class CheckpointSweep(io.ComfyNode):
                 "time through the host's model management, and returns the images plus one labelled strip "
                 "(checkpoint-800, checkpoint-1600, ...) to pick the best checkpoint of a training run."
             ),
-            search_aliases=["checkpoint grid", "compare checkpoints", "xy plot checkpoints", "best checkpoint"],
             inputs=[
                 io.String.Input("models", multiline=True, default="",
                                 tooltip="diffusion_models names, one per line (the linker's 'models' output, or typed)."),
@@ -174,11 +172,11 @@ class CheckpointSweep(io.ComfyNode):
                                tooltip="dpmpp_2m as in Stability's SD3.5 reference."),
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="sgm_uniform"),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
-                io.Combo.Input("weight_dtype", options=WEIGHT_DTYPES, default="default", advanced=True,
+                io.Combo.Input("weight_dtype", options=WEIGHT_DTYPES, default="default",
                                tooltip="As in the core diffusion-model loader (fp8 halves memory per checkpoint)."),
-                io.Combo.Input("order", options=["numeric", "as listed"], default="numeric", advanced=True,
+                io.Combo.Input("order", options=["numeric", "as listed"], default="numeric",
                                tooltip="numeric: checkpoint-800 before checkpoint-1600 (not text order)."),
-                io.Int.Input("columns", default=0, min=0, max=64, advanced=True,
+                io.Int.Input("columns", default=0, min=0, max=64,
                              tooltip="Tiles per row; 0 puts every checkpoint in one row."),
             ],
             outputs=[
@@ -232,7 +230,7 @@ class CheckpointSweep(io.ComfyNode):
             decoded = vae.decode(samples)
             if decoded.ndim == 5:
                 decoded = decoded.reshape(-1, *decoded.shape[-3:])
-            images.append(decoded[:1].float().cpu())
+            images.append(decoded[:1].detach().float().cpu())
             pbar.update_absolute((i + 1) * steps)
             LOG.info("[sd35-workbench] sweep %d/%d: %s", i + 1, len(names), name)
         labels = [sweep.model_label(n) for n in names]
