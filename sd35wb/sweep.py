@@ -34,8 +34,8 @@ from pathlib import Path
 
 from . import grid, simpletuner
 
-LOADER_INPUTS = ("unet_name",)
-LOADER_CLASSES = ("UNETLoader",)
+# Loader class -> the input naming its diffusion model (our SD3.5 loader takes checkpoints too).
+LOADERS = {"UNETLoader": "unet_name", "SD35WB_SD35Loader": "model_name"}
 
 
 def parse_model_list(text: str) -> list[str]:
@@ -67,20 +67,24 @@ def load_workflow(path: str | os.PathLike) -> dict:
 
 def find_loader(prompt: dict, node_id: str | None = None) -> tuple[str, str]:
     """(node id, input name) of the diffusion-model loader whose model the sweep swaps."""
+    def key_of(node: dict) -> str | None:
+        key = LOADERS.get(node.get("class_type"), "unet_name")
+        value = node.get("inputs", {}).get(key)
+        return key if isinstance(value, str) else None  # a [node, output] link is not a file name
+
     if node_id is not None:
         node = prompt.get(str(node_id))
         if node is None:
             raise ValueError(f"--loader-node: no node {node_id!r} in the workflow (ids: {', '.join(sorted(prompt))})")
-        for key in LOADER_INPUTS:
-            if key in node.get("inputs", {}):
-                return str(node_id), key
-        raise ValueError(f"--loader-node: node {node_id} ({node['class_type']}) has no unet_name input")
-    found = [(nid, key) for nid, node in prompt.items() for key in LOADER_INPUTS
-             if key in node.get("inputs", {}) and not isinstance(node["inputs"][key], list)
-             and (node["class_type"] in LOADER_CLASSES or key == "unet_name")]
+        key = key_of(node)
+        if key is None:
+            raise ValueError(f"--loader-node: node {node_id} ({node['class_type']}) has no model-name input "
+                             f"({', '.join(sorted(set(LOADERS.values())))})")
+        return str(node_id), key
+    found = [(nid, key_of(node)) for nid, node in prompt.items() if key_of(node)]
     if not found:
-        raise ValueError("--workflow: no diffusion-model loader (UNETLoader / a unet_name input) found; "
-                         "pass --loader-node ID")
+        raise ValueError("--workflow: no diffusion-model loader (UNETLoader, SD35WB_SD35Loader, or a unet_name "
+                         "input) found; pass --loader-node ID")
     if len(found) > 1:
         raise ValueError(f"--workflow: several loaders ({', '.join(n for n, _ in found)}); pick one with --loader-node")
     return found[0]
