@@ -200,6 +200,10 @@ def sync(output_dir: str | os.PathLike, run: str | None, dest_dirs: dict[str, st
             report.skipped += [(a.name, f"no {folder} folder given") for a in selected]
             continue
         run_dir = Path(base) / run
+        real_base, real_run = os.path.realpath(base), os.path.realpath(run_dir)
+        if os.path.commonpath([real_base, real_run]) != real_base or real_run == real_base:
+            raise ValueError(f"run: {run_dir} leads outside {base} (a symlinked run folder); refusing to write "
+                             "through it: remove the link or pick another run name")
         _sync_folder(run_dir, output_dir, run, folder, selected, offered, copy, report)
     report.seconds = time.perf_counter() - t0
     return report

@@ -125,6 +125,7 @@ def test_sweep_cli_spreads_prompts_and_writes_the_strip(server, api_run, tmp_pat
     assert r.returncode == 0, r.stdout + r.stderr
     assert "sweep: 3 checkpoints over 2 server(s): checkpoint-100, checkpoint-250, checkpoint-1000" in r.stdout
     assert "strip: " in r.stdout and "(3 tiles: checkpoint-100, checkpoint-250, checkpoint-1000)" in r.stdout
+    assert "  checkpoint-1000: 2/2 (" in r.stdout, "step progress followed over the websocket"
     queued = [line.split()[1:4:2] for line in r.stdout.splitlines() if line.startswith("queued")]
     assert [q[1] for q in queued] == [server.url, server.url, server.url], "round robin over both --server URLs"
     strip = Image.open(out)

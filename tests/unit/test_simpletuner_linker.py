@@ -200,6 +200,12 @@ def test_run_name_and_output_dir_checks(run_dir, models, tmp_path):
     linker.sync(run_dir, "shared", models)
     with pytest.raises(ValueError, match="already holds links to"):
         linker.sync(other, "shared", models)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, models["diffusion_models"] / "sneaky")
+    with pytest.raises(ValueError, match="leads outside .* refusing to write through it"):
+        linker.sync(run_dir, "sneaky", models)
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_training_root_checks(tmp_path):
