@@ -180,8 +180,8 @@ class CheckpointSweep(io.ComfyNode):
                              tooltip="Tiles per row; 0 puts every checkpoint in one row."),
             ],
             outputs=[
-                io.Image.Output("images", display_name="images", tooltip="One image per checkpoint (batch), in strip order."),
-                io.Image.Output("strip", display_name="strip", tooltip="The labelled strip / grid."),
+                io.Image.Output("images", display_name="images", tooltip="Every image of every checkpoint (the latent's batch per checkpoint), in strip order."),
+                io.Image.Output("strip", display_name="strip", tooltip="The labelled strip / grid: the first image of each checkpoint."),
                 io.String.Output("labels", display_name="labels", tooltip="Tile labels, one per line, in order."),
             ],
         )
@@ -230,11 +230,11 @@ class CheckpointSweep(io.ComfyNode):
             decoded = vae.decode(samples)
             if decoded.ndim == 5:
                 decoded = decoded.reshape(-1, *decoded.shape[-3:])
-            images.append(decoded[:1].detach().float().cpu())
+            images.append(decoded.detach().float().cpu())
             pbar.update_absolute((i + 1) * steps)
             LOG.info("[sd35-workbench] sweep %d/%d: %s", i + 1, len(names), name)
         labels = [sweep.model_label(n) for n in names]
-        strip = grid.labelled_strip([im[0].numpy() for im in images], labels, columns or None)
+        strip = grid.labelled_strip([im[0].numpy() for im in images], labels, columns or None)  # first of each batch
         strip_t = torch.from_numpy(np.asarray(strip, dtype=np.float32) / 255.0)[None]
         return io.NodeOutput(torch.cat(images, dim=0), strip_t, "\n".join(labels))
 

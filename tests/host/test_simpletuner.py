@@ -124,10 +124,21 @@ def test_sweep_node_renders_every_checkpoint_with_one_model_resident(host, linke
     (latent,) = call(host.nodes, "EmptySD3LatentImage", width=PX, height=PX, batch_size=1)
     (vae,) = call(host.nodes, "VAELoader", vae_name="taesd3")
     listed = "\n".join(reversed(models))  # numeric order is restored by the node
-    images, strip, labels = call(
-        host.nodes, "SD35WB_CheckpointSweep", models=listed, positive=make_conditioning("sd3", 1, PX, PX),
-        negative=make_conditioning("sd3", 2, PX, PX), latent_image=latent, vae=vae, seed=3, steps=2, cfg=4.0,
-        sampler_name="euler", scheduler="simple", denoise=1.0, weight_dtype="default", order="numeric", columns=0)
+    import comfy.utils
+
+    progress = []
+    saved_hook = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: progress.append((value, total)))
+    try:
+        images, strip, labels = call(
+            host.nodes, "SD35WB_CheckpointSweep", models=listed, positive=make_conditioning("sd3", 1, PX, PX),
+            negative=make_conditioning("sd3", 2, PX, PX), latent_image=latent, vae=vae, seed=3, steps=2, cfg=4.0,
+            sampler_name="euler", scheduler="simple", denoise=1.0, weight_dtype="default", order="numeric", columns=0)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(saved_hook)
+    # One progress bar across all checkpoints: 4 models x 2 steps.
+    assert {t for _, t in progress} == {8} and progress[-1] == (8, 8)
+    assert [v for v, _ in progress] == sorted(v for v, _ in progress)
     assert labels.splitlines() == ["checkpoint-800", "checkpoint-1600", "checkpoint-1600-ema", "checkpoint-2400"]
     n = len(models)
     assert images.shape == (n, PX, PX, 3)
