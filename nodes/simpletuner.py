@@ -41,9 +41,10 @@ def host_model_dirs() -> dict[str, str]:
 def refresh_host_lists() -> None:
     """Make the host list the new files at once.
 
-    ``folder_paths.get_filename_list`` re-scans when a cached folder's mtime changed, but a change
-    within the filesystem's timestamp granularity can slip past that check, and the host has no
-    public invalidation call (0.3.75), so the two folders' cache entries are dropped."""
+    ``folder_paths.get_filename_list`` re-scans when a cached folder's mtime changed (on ext4 here
+    every link changed its folder's mtime), but filesystems with coarse timestamps (FAT/exFAT: 2 s,
+    some network mounts) can let a change slip past that check, and the host has no public
+    invalidation call (0.3.75), so the two folders' cache entries are dropped."""
     for name in (simpletuner.DIFFUSION_MODELS, simpletuner.LORAS):
         folder_paths.filename_list_cache.pop(name, None)
         folder_paths.cache_helper.cache.pop(name, None)
