@@ -142,12 +142,18 @@ def test_sweep_cli_reports_failed_checkpoints_and_keeps_the_rest(server, api_run
     _post(server, {"output_dir": "api-run", "run": "api-run"})
     wf = tmp_path / "cli.json"
     wf.write_text(json.dumps(sth.tiny(sth.load("simpletuner_sweep_cli.json"), px=PX, prefix="st_cli_fail")))
+    # A run whose checkpoint is a valid safetensors file but no model: it fails while executing.
+    stf.fake_checkpoint(api_run.parent / "api-broken", 5)
+    status, _ = _post(server, {"output_dir": "api-broken", "run": "api-broken"})
+    assert status == 200
     out = tmp_path / "strip.png"
-    r = _sweep_cli("--workflow", wf, "--models", "api-run/checkpoint-250.safetensors,api-run/checkpoint-9.safetensors",
-                   "--server", server.url, "--out", out)
+    r = _sweep_cli("--workflow", wf, "--models", "api-run/checkpoint-250.safetensors,api-run/checkpoint-9.safetensors,"
+                   "api-broken/checkpoint-5.safetensors", "--server", server.url, "--out", out)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "failed: checkpoint-9: rejected (HTTP 400)" in r.stdout
+    assert "failed: checkpoint-5: RuntimeError: ERROR: Could not detect model type" in r.stdout
     assert "(1 tiles: checkpoint-250)" in r.stdout
+    assert (tmp_path / "strip-checkpoint-250.png").exists()
     assert Image.open(out).size == (PX, PX + grid.label_height(PX))
     bad = _sweep_cli("--workflow", wf, "--run", "no-such-run", "--server", server.url, "--out", out)
     assert bad.returncode == 2 and "no diffusion models under no-such-run/" in bad.stderr
