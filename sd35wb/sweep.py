@@ -168,14 +168,17 @@ class _Progress(threading.Thread):
         return True
 
     def run(self) -> None:
+        import websocket
+
         last = {}
         while self.ws is not None:
             try:
                 raw = self.ws.recv()
-            except Exception:  # noqa: BLE001 - timeouts and closes both end or pause following
-                if getattr(self, "closing", False):
-                    return
+            except websocket.WebSocketTimeoutException:
                 continue
+            except Exception:  # noqa: BLE001 - closed or broken: stop following; /history still decides
+                self.wake.set()
+                return
             if not isinstance(raw, str):
                 continue
             try:
@@ -196,7 +199,6 @@ class _Progress(threading.Thread):
                 self.wake.set()
 
     def close(self) -> None:
-        self.closing = True
         if self.ws is not None:
             try:
                 self.ws.close()
@@ -265,8 +267,10 @@ def run_sweep(prompt: dict, models: list[str], servers: list[str], out: Path, lo
         result.servers[labels[model]] = s.url
         print(f"queued  {labels[model]} on {s.url} ({pid})", file=log, flush=True)
     rendered: dict[str, bytes] = {}
+    t_start = time.time()
     out.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + timeout
+    fast_until = time.time() + 2.0
     while pending and time.time() < deadline:
         for pid, (model, s) in list(pending.items()):
             label = labels[model]
@@ -299,9 +303,14 @@ def run_sweep(prompt: dict, models: list[str], servers: list[str], out: Path, lo
                 continue
             rendered[model] = data
             (out.parent / f"{out.stem}-{_safe(label)}.png").write_bytes(data)
-            print(f"done    {label}", file=log, flush=True)
+            print(f"done    {label}  ({time.time() - t_start:.1f} s)", file=log, flush=True)
         if pending:
-            wake.wait(0.5)
+            # With every server's websocket followed, poll /history quickly for a while after one
+            # reports a finished prompt (the host stores the history entry just after it says so),
+            # else every few seconds in case a message was missed; without websockets, 4 times a second.
+            slow = len(followers) == len(srv) and time.time() > fast_until
+            if wake.wait(3.0 if slow else 0.25):
+                fast_until = time.time() + 2.0
             wake.clear()
     for model, s in pending.values():
         result.failures[labels[model]] = f"no result within {timeout:.0f} s on {s.url}"
