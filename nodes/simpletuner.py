@@ -120,7 +120,14 @@ class SimpleTunerLink(io.ComfyNode):
             raise ValueError("SimpleTuner Linker: full, ema, lora and final are all off; switch on at least one")
         if not output_dir.strip():
             raise ValueError("output_dir: empty; give SimpleTuner's --output_dir of the run")
-        report = run_sync(output_dir.strip(), run.strip() or None, include)
+        out_dir = output_dir.strip()
+        roots = os.environ.get(ROOTS_ENV, "")
+        if roots.strip():  # the same rule as the route: anyone who can queue a prompt can run this node
+            try:
+                out_dir = str(simpletuner.resolve_training_dir(out_dir, roots))
+            except PermissionError as e:
+                raise ValueError(f"{e} ({ROOTS_ENV} is set, so only runs under it are linked)") from e
+        report = run_sync(out_dir, run.strip() or None, include)
         dm = report.exposed.get(simpletuner.DIFFUSION_MODELS, [])
         lo = report.exposed.get(simpletuner.LORAS, [])
         return io.NodeOutput("\n".join(dm), "\n".join(lo), report.text())

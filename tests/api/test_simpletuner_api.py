@@ -17,6 +17,7 @@ from PIL import Image
 
 from sd35wb import grid
 from tools import simpletuner_fixtures as stf
+from tools.comfy_server import PromptFailed
 
 REPO = Path(__file__).resolve().parents[2]
 PX = 64
@@ -107,6 +108,17 @@ def test_graph_workflow_links_and_sweeps(server, api_run):
     tiles = [np.asarray(strip)[band:, i * PX:(i + 1) * PX] for i in range(3)]
     assert all(not np.array_equal(tiles[i], tiles[j]) for i in range(3) for j in range(i + 1, 3))
     assert len(server.images(entry, node_id="9")) == 3
+
+
+def test_link_node_in_a_prompt_obeys_the_training_roots(server, tmp_path):
+    outside = tmp_path / "outside-run"
+    stf.fake_checkpoint(outside, 10)
+    prompt = sth.tiny(sth.load("simpletuner_sweep.json"), px=PX, prefix="st_outside")
+    prompt["1"]["inputs"].update(output_dir=str(outside), run="outside")
+    with pytest.raises(PromptFailed) as e:
+        server.run(prompt)
+    assert "outside the training roots" in e.value.error["exception_message"]
+    assert "outside/checkpoint-10.safetensors" not in _unet_and_lora_lists(server)["unet"]
 
 
 def _sweep_cli(*args):
