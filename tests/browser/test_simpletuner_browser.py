@@ -33,7 +33,10 @@ def test_sync_now_button_links_and_refreshes_model_lists(page, server, training_
     }""")
     assert "browser-run/checkpoint-500.safetensors" not in before
     # Click the button where the canvas draws it, as a user would.
-    page.wait_for_timeout(300)
+    page.wait_for_function("""() => {
+        const w = window.__st.link.widgets.find(w => w.type === "button");
+        return w && Number.isFinite(w.last_y ?? w.y);
+    }""", timeout=30_000)  # drawn at least once, so the widget knows where it is
     x, y = page.evaluate("""() => {
         const {link} = window.__st;
         const w = link.widgets.find(w => w.type === "button" && w.name === "Sync now");
