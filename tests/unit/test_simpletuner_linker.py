@@ -12,7 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sd35wb import linker, simpletuner
 from tools.simpletuner_fixtures import fake_checkpoint, write_fake_safetensors
@@ -249,3 +252,38 @@ def test_cli_prints_linked_pruned_skipped(run_dir, tmp_path):
     assert "pruned    cli-run/checkpoint-100.safetensors  (source gone" in r.stdout, r.stdout
     r = cli(run_dir, "--models-dir", comfy / "models", "--run", "../x")
     assert r.returncode == 2 and "run:" in r.stderr
+
+
+def test_truncated_ema_shard_is_skipped_and_changed_shards_are_remerged(run_dir, models):
+    from safetensors.numpy import load_file
+
+    from tools.simpletuner_fixtures import write_sharded_np
+
+    ck = fake_checkpoint(run_dir, 100, ema="sharded", suffix="-rolling")
+    ema = ck / "transformer_ema"
+    shard = sorted(ema.glob("*-00002-of-*.safetensors"))[0]
+    good = shard.read_bytes()
+    shard.write_bytes(good[:-3])  # SimpleTuner still writing the EMA
+    report = linker.sync(run_dir, None, models)
+    assert report.exposed["diffusion_models"] == ["my-run/checkpoint-100-rolling.safetensors"]
+    assert any(p.endswith("transformer_ema") and "truncated or still being written" in why for p, why in report.skipped)
+    assert sorted(p.name for p in (models["diffusion_models"] / "my-run").iterdir()) == \
+        [linker.MANIFEST, "checkpoint-100-rolling.safetensors"], "no partial merge left behind"
+    shard.write_bytes(good)
+    report = linker.sync(run_dir, None, models)
+    assert [n for n, _ in report.linked] == ["my-run/checkpoint-100-rolling-ema.safetensors"]
+    merged = models["diffusion_models"] / "my-run" / "checkpoint-100-rolling-ema.safetensors"
+    # The rolling checkpoint is saved again with new EMA weights: the merge is redone, once.
+    new = {f"b{i}.w": np.full((4, 3), i, dtype=np.float32) for i in range(5)}
+    write_sharded_np(ema, new, per_shard=2)
+    report = linker.sync(run_dir, None, models)
+    assert [n for n, _ in report.linked] == ["my-run/checkpoint-100-rolling-ema.safetensors"]
+    assert all(np.array_equal(load_file(str(merged))[k], v) for k, v in new.items())
+    assert not linker.sync(run_dir, None, models).linked
+
+
+@given(st.lists(st.integers(min_value=0, max_value=10**7), min_size=1, max_size=30, unique=True),
+       st.sampled_from(["", "-ema", "-rolling"]))
+def test_sort_key_is_numeric_for_any_steps(steps, variant):
+    names = [f"r/checkpoint-{s}{variant}.safetensors" for s in steps]
+    assert simpletuner.natural_sorted(names) == [f"r/checkpoint-{s}{variant}.safetensors" for s in sorted(steps)]
