@@ -178,8 +178,10 @@ class CheckpointSweep(io.ComfyNode):
                                tooltip="CFG scale; 5.0 is Stability's SD3.5 Medium reference (4.5 for Large)."),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="dpmpp_2m",
                                tooltip="dpmpp_2m as in Stability's SD3.5 reference."),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="sgm_uniform"),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="sgm_uniform",
+                               tooltip="sgm_uniform, the usual choice for SD3-family flow models."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="1.0 for text-to-image; lower with an encoded image as latent_image (img2img)."),
                 io.Combo.Input("weight_dtype", options=WEIGHT_DTYPES, default="default",
                                tooltip="As in the core diffusion-model loader (fp8 halves memory per checkpoint)."),
                 io.Combo.Input("order", options=["numeric", "as listed"], default="numeric",
@@ -241,7 +243,7 @@ class CheckpointSweep(io.ComfyNode):
             images.append(decoded.detach().float().cpu())
             pbar.update_absolute((i + 1) * steps)
             LOG.info("[sd35-workbench] sweep %d/%d: %s", i + 1, len(names), name)
-        labels = [sweep.model_label(n) for n in names]
+        labels = sweep.labels_for(names)
         strip = grid.labelled_strip([im[0].numpy() for im in images], labels, columns or None)  # first of each batch
         strip_t = torch.from_numpy(np.asarray(strip, dtype=np.float32) / 255.0)[None]
         return io.NodeOutput(torch.cat(images, dim=0), strip_t, "\n".join(labels))

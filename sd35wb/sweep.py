@@ -54,6 +54,14 @@ def model_label(name: str) -> str:
     return base[: -len(".safetensors")] if base.lower().endswith(".safetensors") else base
 
 
+def labels_for(names: list[str]) -> list[str]:
+    """Tile labels: the checkpoint names, with their run folder kept when two runs share one."""
+    short = [model_label(n) for n in names]
+    if len(set(short)) == len(short):
+        return short
+    return [n.replace("\\", "/")[: -len(".safetensors")] if n.lower().endswith(".safetensors") else n for n in names]
+
+
 def load_workflow(path: str | os.PathLike) -> dict:
     doc = json.loads(Path(path).read_text())
     if isinstance(doc, dict) and isinstance(doc.get("prompt"), dict):
@@ -239,9 +247,7 @@ def run_sweep(prompt: dict, models: list[str], servers: list[str], out: Path, lo
               log=sys.stdout) -> SweepResult:
     nid, key = find_loader(prompt, loader_node)
     srv = [Server(u) for u in servers]
-    labels = {m: model_label(m) for m in models}
-    if len(set(labels.values())) != len(labels):  # same checkpoint name in two runs: keep the run in the label
-        labels = {m: m.replace("\\", "/")[: -len(".safetensors")] if m.endswith(".safetensors") else m for m in models}
+    labels = dict(zip(models, labels_for(models)))
     result = SweepResult()
     wake = threading.Event()
     pid_label: dict[str, str] = {}

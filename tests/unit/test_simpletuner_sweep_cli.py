@@ -47,3 +47,10 @@ def test_model_lists_and_labels():
     assert sweep.parse_model_list(text) == ["run/checkpoint-1600.safetensors", "run/checkpoint-800.safetensors"]
     assert sweep.model_label("run\\checkpoint-800-ema.safetensors") == "checkpoint-800-ema"
     assert sweep.model_label("plain") == "plain"
+
+
+def test_labels_keep_the_run_only_when_needed():
+    assert sweep.labels_for(["a/checkpoint-800.safetensors", "a/checkpoint-1600.safetensors"]) == \
+        ["checkpoint-800", "checkpoint-1600"]
+    assert sweep.labels_for(["a/checkpoint-800.safetensors", "b/checkpoint-800.safetensors"]) == \
+        ["a/checkpoint-800", "b/checkpoint-800"]
