@@ -158,3 +158,18 @@ def diffusers_lora(folder: Path, seed: int = 0, rank: int = 4) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     StableDiffusion3Pipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(model))
     return folder / "pytorch_lora_weights.safetensors"
+
+
+def tiny_example_run(out: Path, model: Path, steps=(500, 1000)) -> Path:
+    """A finished SimpleTuner-shaped run whose checkpoints are copies of one tiny model file: what the
+    example workflows' linker node points at when they run on the test host."""
+    import shutil
+
+    for step in steps:
+        ck = out / f"checkpoint-{step}"
+        dst = ck / "transformer" / "diffusion_pytorch_model.safetensors"
+        if not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(model, dst)
+            _finish_checkpoint(ck, step, markers=True, accelerate=False)
+    return out
