@@ -162,7 +162,8 @@ def _place(art: simpletuner.Artifact, dest: Path, copy: bool) -> tuple[str, dict
     except NotImplementedError:
         pass
     except OSError as e:
-        if e.errno not in _NO_SYMLINK:
+        # Windows without the symlink privilege: WinError 1314, which Python maps to no errno above.
+        if e.errno not in _NO_SYMLINK and getattr(e, "winerror", None) is None:
             raise
     try:
         os.link(target, tmp)
