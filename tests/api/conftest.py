@@ -4,12 +4,17 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def workflow_fixtures(user_models, training_root):
+def workflow_fixtures(user_models, training_root, tiny_models):
     """Capability-specific edits that let an example workflow run on the tiny models."""
 
     def rules(nid: str, node: dict, family: str) -> None:
         if node["class_type"] in ("SD35WB_SLGSampler", "SD35WB_SLGGuider"):
             node["inputs"].pop("settings", None)
             node["inputs"].update(preset="custom", layers="1, 2")
+        if node["class_type"] == "SD35WB_SimpleTunerLink":  # a finished run under the server's training root
+            from tools.simpletuner_fixtures import tiny_example_run
+
+            run = tiny_example_run(training_root / "example-run", tiny_models / "diffusion_models" / "tiny-sd35m.safetensors")
+            node["inputs"].update(output_dir=str(run), run="example-run")
 
     return rules

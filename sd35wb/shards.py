@@ -1,0 +1,255 @@
+"""safetensors headers, completeness checks and shard merging, without torch.
+
+The safetensors format (https://github.com/huggingface/safetensors#format): an 8-byte little-endian
+header length N, N bytes of JSON (``{name: {"dtype", "shape", "data_offsets": [begin, end]}, ...,
+"__metadata__": {str: str}}``, padded with spaces), then the data section; offsets are relative to
+the data section's start. Because the layout is that simple, a merge never needs to decode a
+tensor: it writes a new header and copies each tensor's byte range from its shard in bounded
+chunks, so peak memory is one copy buffer, not the model (nor even the largest tensor).
+
+diffusers' sharded layout (``save_pretrained(max_shard_size=...)``; SimpleTuner's EMA):
+``diffusion_pytorch_model-0000k-of-0000n.safetensors`` plus
+``diffusion_pytorch_model.safetensors.index.json`` = ``{"metadata": {...}, "weight_map": {name: shard}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+# Bytes per element for every dtype the safetensors format names.
+DTYPE_SIZES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}
+MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's own limit
+COPY_CHUNK = 8 * 1024 * 1024
+
+
+class SafetensorsError(ValueError):
+    """A file is not a complete, well-formed safetensors file."""
+
+
+@dataclass(frozen=True)
+class Header:
+    path: Path
+    tensors: dict  # name -> {"dtype", "shape", "data_offsets"}
+    metadata: dict
+    data_start: int  # absolute file offset of the data section
+    data_size: int  # bytes the header says the data section holds
+    file_size: int
+
+    @property
+    def complete(self) -> bool:
+        return self.file_size == self.data_start + self.data_size
+
+
+def read_header(path: str | os.PathLike) -> Header:
+    """Parse and check a safetensors header; raise SafetensorsError naming what is wrong.
+
+    Checks the header length, the JSON, each tensor's dtype, shape and byte range (size equals
+    the element count times the dtype size, ranges inside the data section) and, last, that the
+    file holds the whole data section (a truncated or still-being-written file fails here)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            file_size = os.fstat(f.fileno()).st_size
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise SafetensorsError(f"{path}: {file_size} bytes is too short to be a safetensors file (truncated?)")
+            (n,) = struct.unpack("<Q", raw)
+            if n > MAX_HEADER or 8 + n > file_size:
+                raise SafetensorsError(f"{path}: header length {n} does not fit in a {file_size}-byte file "
+                                       "(truncated, still being written, or not safetensors)")
+            blob = f.read(n)
+    except OSError as e:
+        raise SafetensorsError(f"{path}: cannot read: {e}") from e
+    try:
+        doc = json.loads(blob)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SafetensorsError(f"{path}: header is not valid JSON ({e})") from e
+    if not isinstance(doc, dict):
+        raise SafetensorsError(f"{path}: header is not a JSON object")
+    metadata = doc.pop("__metadata__", None) or {}
+    end = 0
+    for name, info in doc.items():
+        try:
+            dtype, shape, (begin, stop) = info["dtype"], info["shape"], info["data_offsets"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise SafetensorsError(f"{path}: tensor {name!r} has a malformed entry {info!r}") from e
+        if dtype not in DTYPE_SIZES:
+            raise SafetensorsError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+        want = math.prod(shape) * DTYPE_SIZES[dtype]
+        if not (0 <= begin <= stop) or stop - begin != want:
+            raise SafetensorsError(f"{path}: tensor {name!r} ({dtype} {shape}) spans bytes {begin}..{stop}, "
+                                   f"expected {want} bytes")
+        end = max(end, stop)
+    h = Header(path, doc, metadata, 8 + n, end, file_size)
+    if not h.complete:
+        raise SafetensorsError(f"{path}: holds {file_size} bytes but its header describes "
+                               f"{h.data_start + h.data_size}; the file is truncated or still being written")
+    return h
+
+
+def is_complete_safetensors(path: str | os.PathLike) -> tuple[bool, str]:
+    """(True, "") for a complete file, else (False, why)."""
+    try:
+        read_header(path)
+    except SafetensorsError as e:
+        return False, str(e)
+    return True, ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharded checkpoints
+
+def find_index(folder: str | os.PathLike) -> Path | None:
+    """The ``*.safetensors.index.json`` of a diffusers folder, if the weights are sharded."""
+    folder = Path(folder)
+    preferred = folder / "diffusion_pytorch_model.safetensors.index.json"
+    if preferred.is_file():
+        return preferred
+    found = sorted(folder.glob("*.safetensors.index.json"))
+    return found[0] if found else None
+
+
+def read_index(index_path: str | os.PathLike) -> dict[str, str]:
+    """The weight map (tensor name -> shard file name) of an index, checked for shape."""
+    index_path = Path(index_path)
+    try:
+        doc = json.loads(index_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SafetensorsError(f"{index_path}: cannot read the shard index ({e})") from e
+    wm = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(wm, dict) or not wm:
+        raise SafetensorsError(f"{index_path}: no weight_map in the shard index")
+    for name, shard in wm.items():
+        if not isinstance(shard, str) or os.path.basename(shard) != shard or not shard.endswith(".safetensors"):
+            raise SafetensorsError(f"{index_path}: tensor {name!r} points at {shard!r}, "
+                                   "which is not a .safetensors file beside the index")
+    return wm
+
+
+def shard_files(index_path: str | os.PathLike) -> list[Path]:
+    index_path = Path(index_path)
+    return [index_path.parent / s for s in sorted(set(read_index(index_path).values()))]
+
+
+def shard_signature(index_path: str | os.PathLike) -> list:
+    """(name, size, mtime_ns) of the index and every shard: changes when any of them does."""
+    index_path = Path(index_path)
+    out = []
+    for p in [index_path, *shard_files(index_path)]:
+        st = p.stat()
+        out.append([p.name, st.st_size, st.st_mtime_ns])
+    return out
+
+
+@dataclass
+class MergeResult:
+    path: Path
+    tensors: int
+    bytes_written: int
+    largest_tensor: int
+    copy_buffer: int
+
+
+def _plan_merge(index_path: Path):
+    """Check every shard against the index; return [(name, header entry, shard Header)]."""
+    wm = read_index(index_path)
+    headers: dict[str, Header] = {}
+    for shard in sorted(set(wm.values())):
+        p = index_path.parent / shard
+        if not p.is_file():
+            raise SafetensorsError(f"{index_path}: shard {shard} is missing (deleted, or the save is still running)")
+        headers[shard] = read_header(p)  # raises on a truncated shard
+    seen: dict[str, str] = {}
+    for shard, h in headers.items():
+        for name in h.tensors:
+            if name in seen:
+                raise SafetensorsError(f"{index_path}: tensor {name!r} is stored twice ({seen[name]} and {shard})")
+            seen[name] = shard
+            if name not in wm:
+                raise SafetensorsError(f"{index_path}: shard {shard} holds {name!r}, which the index does not list")
+            if wm[name] != shard:
+                raise SafetensorsError(f"{index_path}: index puts {name!r} in {wm[name]} but it is in {shard}")
+    missing = sorted(set(wm) - set(seen))
+    if missing:
+        raise SafetensorsError(f"{index_path}: {len(missing)} tensors listed in the index are in no shard "
+                               f"(first: {missing[0]!r})")
+    items = [(name, headers[wm[name]].tensors[name], headers[wm[name]]) for name in wm]
+    # Widest dtypes first, then by name, like the safetensors writer: every tensor stays aligned.
+    items.sort(key=lambda it: (-DTYPE_SIZES[it[1]["dtype"]], it[0]))
+    return items, headers
+
+
+def merge_shards(index_path: str | os.PathLike, dest: str | os.PathLike, chunk: int = COPY_CHUNK) -> MergeResult:
+    """Merge a sharded safetensors checkpoint into one file at ``dest``.
+
+    Tensor bytes are copied range by range from the shards (no decoding, ``chunk`` bytes at a
+    time), into ``dest`` + a temporary suffix; the result is re-read and checked against the
+    index (every tensor exactly once, same dtype, shape and byte size), then renamed into place.
+    On any error the temporary file is removed and ``dest`` is left as it was."""
+    index_path, dest = Path(index_path), Path(dest)
+    items, headers = _plan_merge(index_path)
+    header: dict = {}
+    offset = 0
+    for name, info, _h in items:
+        size = info["data_offsets"][1] - info["data_offsets"][0]
+        header[name] = {"dtype": info["dtype"], "shape": list(info["shape"]), "data_offsets": [offset, offset + size]}
+        offset += size
+    meta = {"format": "pt", "sd35wb_merged_from": index_path.name}
+    first_meta = next(iter(headers.values())).metadata
+    if isinstance(first_meta, dict):
+        meta = {**{k: v for k, v in first_meta.items() if isinstance(v, str)}, **meta}
+    blob = json.dumps({"__metadata__": meta, **header}, separators=(",", ":")).encode()
+    blob += b" " * (-(8 + len(blob)) % 8)  # data section starts 8-byte aligned
+    tmp = dest.with_name(f".{dest.name}.sd35wb-merging-{os.getpid()}")
+    largest = 0
+    try:
+        with open(tmp, "wb") as out:
+            out.write(struct.pack("<Q", len(blob)))
+            out.write(blob)
+            handles: dict[Path, object] = {}
+            try:
+                for name, info, h in items:
+                    src = handles.get(h.path)
+                    if src is None:
+                        src = handles[h.path] = open(h.path, "rb")
+                    begin, stop = info["data_offsets"]
+                    largest = max(largest, stop - begin)
+                    src.seek(h.data_start + begin)
+                    left = stop - begin
+                    while left:
+                        buf = src.read(min(chunk, left))
+                        if not buf:
+                            raise SafetensorsError(f"{h.path}: ended while copying {name!r} (truncated while merging?)")
+                        out.write(buf)
+                        left -= len(buf)
+            finally:
+                for fh in handles.values():
+                    fh.close()
+            out.flush()
+            os.fsync(out.fileno())
+        merged = read_header(tmp)
+        wm = read_index(index_path)
+        if set(merged.tensors) != set(wm):
+            raise SafetensorsError(f"{tmp}: merged tensor set differs from the index")
+        for name, info, _h in items:
+            got = merged.tensors[name]
+            if got["dtype"] != info["dtype"] or list(got["shape"]) != list(info["shape"]):
+                raise SafetensorsError(f"{tmp}: {name!r} came out as {got['dtype']} {got['shape']}")
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return MergeResult(dest, len(items), merged.file_size, largest, chunk)
