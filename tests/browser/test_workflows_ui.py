@@ -31,14 +31,29 @@ RETARGET_JS = """
       if (w.name === 'vae_name') w.value = vae;
       if (['clip_l', 'clip_g', 't5xxl'].includes(w.name)) w.value = 'none';
       if (w.name === 'vae' && node.comfyClass === 'SD35WB_SD35Loader') w.value = 'taesd3';
+      // Any other file the user must pick: the first one this install has.
+      const values = w.options?.values;
+      if (Array.isArray(values) && values.length && !values.includes(w.value)) w.value = values[0];
     }
   }
 }
 """
 
 
+@pytest.fixture(scope="module")
+def a_text_encoder_file(user_models):
+    """Workflows with core text-encoder loaders need some file in text_encoders/ to pick."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = user_models / "text_encoders" / "placeholder_te.safetensors"
+    if not path.exists():
+        save_file({"text_model.final_layer_norm.weight": torch.ones(4)}, str(path))
+    return path
+
+
 @pytest.mark.parametrize("ui_path", UI, ids=lambda p: p.stem)
-def test_dropped_workflow_loads_and_queues(page, server, ui_path):
+def test_dropped_workflow_loads_and_queues(page, server, ui_path, a_text_encoder_file):
     text = ui_path.read_text()
     wf = json.loads(text)
     page.evaluate(DROP_JS, [text, ui_path.name])
