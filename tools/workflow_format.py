@@ -141,9 +141,7 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 val = values.pop(0) if values else opts.get("default")
                 if _has_control(name, typ, opts) and values:
                     values.pop(0)
-                if name in linked:
-                    continue
-                if val is not None:
+                if val is not None and name not in linked:
                     inputs[name] = val
             if name in linked:
                 lk = linked[name]
