@@ -219,7 +219,15 @@ def _sync_folder(run_dir: Path, output_dir: Path, run: str, folder: str, selecte
     if manifest.get("output_dir") not in (None, str(output_dir)) and manifest["links"]:
         raise ValueError(f"run: {run!r} already holds links to {manifest['output_dir']} in {run_dir}; "
                          "choose another run name for this output_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".{TOOL}-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"{folder}: cannot write to {run_dir.parent} ({e.strerror}); the model folder is read-only. "
+                         f"Make it writable, or list a writable {folder} folder first (extra_model_paths.yaml, "
+                         "is_default: true): links go into the first one") from e
     links: dict = manifest["links"]
     dirty = False
     exposed = []
