@@ -273,11 +273,16 @@ def rescale_sigma_table_zero_terminal_snr(table) -> np.ndarray:
 
 
 def trailing_timesteps(steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
-    """Lin et al. "trailing" spacing, as diffusers: ``round(arange(T, 0, -T / steps)) - 1``."""
+    """Lin et al. "trailing" spacing: ``round(T - i T / steps) - 1`` for the first ``steps`` i.
+
+    diffusers writes it ``round(arange(T, 0, -T / steps)) - 1``, which for some step counts (61,
+    for one) gets one extra element from float rounding, ending at timestep -1; counting the
+    steps (keeping diffusers' floats, so round-half-to-even ties agree) drops it."""
     n = check_steps(steps)
     if n > num_train_timesteps:
         raise ValueError(f"steps: {n} is more than the model's {num_train_timesteps} training timesteps.")
-    return np.round(np.arange(num_train_timesteps, 0, -num_train_timesteps / n)).astype(np.int64) - 1
+    ts = np.arange(num_train_timesteps, 0, -num_train_timesteps / n)[:n]  # same floats as diffusers, no extra
+    return np.round(ts).astype(np.int64) - 1
 
 
 def terminal_standin(choice: str, custom: float | None = None) -> float:
