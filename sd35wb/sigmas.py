@@ -116,6 +116,8 @@ def karras(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> 
     n = check_steps(steps)
     lo, hi = check_sigma_range(sigma_min, sigma_max)
     rho = check_rho(rho)
+    if rho < 1.0:  # below 1 the 1/rho powers cancel catastrophically in float64
+        raise ValueError(f"rho: karras needs rho >= 1 (7 in Karras et al. 2022), got {rho:g}.")
     ramp = np.linspace(0.0, 1.0, n)
     min_inv, max_inv = lo ** (1.0 / rho), hi ** (1.0 / rho)
     return np.append((max_inv + ramp * (min_inv - max_inv)) ** rho, 0.0)

@@ -133,6 +133,8 @@ def test_lin_algorithm_1_zero_terminal_and_first_unchanged():
        side=st.integers(1, 512).map(lambda k: 8 * k), other=st.integers(1, 512).map(lambda k: 8 * k),
        base=st.sampled_from([512, 768, 1024]), rule=st.sampled_from(S.RESOLUTION_RULES))
 def test_high_sigma_schedules_are_valid(steps, shape, rho, side, other, base, rule):
+    if shape == "karras":
+        rho = max(rho, 1.0)
     if shape == "polyexponential":
         rho = min(rho, 4.0)  # a higher power flattens the tail into equal float64 sigmas (k-diffusion does too)
     smax, _ = S.scaled_sigma_max(14.614642, side, other, base, rule)
@@ -168,6 +170,7 @@ def test_flow_schedules_are_valid(steps, shift):
     (lambda: S.karras(10, float("nan"), 14.6), "sigma_min: must be a finite number"),
     (lambda: S.exponential(10, 0.03, float("inf")), "sigma_max: must be a finite number"),
     (lambda: S.karras(10, 0.03, 14.6, float("nan")), "rho: must be a finite number"),
+    (lambda: S.karras(10, 0.03, 14.6, 0.5), "rho: karras needs rho >= 1"),
     (lambda: S.karras(10, 0.03, 30000.0), "sigma_max: 30000 is above the supported maximum 20000"),
     (lambda: S.resolution_factor(1020, 1024, 1024), "width: 1020 is not a multiple of 8 (latents are 1/8 of the image); use 1016 or 1024"),
     (lambda: S.resolution_factor(1024, 1001, 1024), "height: 1001 is not a multiple of 8"),
