@@ -284,7 +284,7 @@ class ZTSNRScheduler(io.ComfyNode):
         info = f"ZTSNR trailing, {steps} steps from {source}; terminal sigma {top:.6g} ({terminal_sigma}){warn}"
         series = [sigma_plot.Series("ZTSNR trailing", out)]
         try:
-            series.append(sigma_plot.Series("core simple", core_schedule(model, "simple", steps)))
+            series.append(sigma_plot.Series("core normal", core_schedule(model, "normal", steps)))
         except Exception as e:  # noqa: BLE001 - the comparison is optional
             LOG.debug("[sd35-workbench] no comparison schedule: %s", e)
         title = f"ZTSNR trailing, terminal {top:.6g} ({terminal_sigma})"
