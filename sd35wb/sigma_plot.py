@@ -82,6 +82,9 @@ def render(series: Sequence[Series], title: str = "", width: int = 768, height: 
             for m in (2, 5):
                 ym = py(m * 10.0 ** dec)
                 d.line([(x0, ym), (x0 + 4, ym)], fill=FG)
+                if hi - lo <= 2:
+                    label = _fmt_tick(m * 10.0 ** dec)
+                    d.text((x0 - 6 - _text_w(d, label, f_small), ym - 7), label, fill=(90, 90, 90), font=f_small)
     # x ticks
     step = max(1, int(math.ceil(n_max / 10)))
     for i in range(0, n_max + 1, step):
@@ -104,10 +107,12 @@ def render(series: Sequence[Series], title: str = "", width: int = 768, height: 
         d.text((x0, 12), title, fill=FG, font=f_mid)
 
     # series
+    all_pts = []
     for k, s in enumerate(series):
         color = COLORS[k % len(COLORS)]
         sig = np.asarray(s.sigmas, dtype=np.float64).reshape(-1)
         pts = [(px(i), py(v)) for i, v in enumerate(sig) if np.isfinite(v) and v > 0]
+        all_pts.extend(pts)
         if len(pts) > 1:
             d.line(pts, fill=color, width=2)
         r = 3 if len(sig) <= 60 else 1
@@ -117,14 +122,27 @@ def render(series: Sequence[Series], title: str = "", width: int = 768, height: 
             if v == 0:
                 x = px(i)
                 d.polygon([(x, y1 - 1), (x - 5, y1 - 9), (x + 5, y1 - 9)], outline=color)
-        # legend
+
+    # legend, in whichever corner covers the fewest points
+    texts = []
+    for s in series:
+        sig = np.asarray(s.sigmas, dtype=np.float64).reshape(-1)
         top_sigma = next((float(v) for v in sig if np.isfinite(v)), float("nan"))
-        text = f"{s.label}  (max {top_sigma:.4g}, {len(sig) - 1} steps)"
-        ly = y0 + 8 + 18 * k
-        lx = x1 - 12 - _text_w(d, text, f_small) - 22
-        d.rectangle([lx - 4, ly - 2, x1 - 6, ly + 14], fill=BG)
-        d.line([(lx, ly + 7), (lx + 16, ly + 7)], fill=color, width=3)
-        d.text((lx + 22, ly), text, fill=FG, font=f_small)
+        texts.append(f"{s.label}  (max {top_sigma:.4g}, {len(sig) - 1} steps)")
+    lw = max(_text_w(d, t, f_small) for t in texts) + 36
+    lh = 18 * len(texts) + 6
+    corners = [(x1 - 6 - lw, y0 + 6), (x0 + 6, y1 - 36 - lh), (x0 + 6, y0 + 6), (x1 - 6 - lw, y1 - 36 - lh)]
+
+    def covered(c):
+        return sum(1 for x, y in all_pts if c[0] - 4 <= x <= c[0] + lw + 4 and c[1] - 4 <= y <= c[1] + lh + 4)
+
+    lx, ly = min(corners, key=covered)
+    d.rectangle([lx, ly, lx + lw, ly + lh], fill=BG, outline=GRID)
+    for k, text in enumerate(texts):
+        color = COLORS[k % len(COLORS)]
+        yy = ly + 4 + 18 * k
+        d.line([(lx + 6, yy + 7), (lx + 22, yy + 7)], fill=color, width=3)
+        d.text((lx + 28, yy), text, fill=FG, font=f_small)
     note = "triangle on the bottom edge = sigma 0 (end)"
     d.text((x1 - 8 - _text_w(d, note, f_small), y1 - 24), note, fill=FG, font=f_small)
     return img

@@ -13,7 +13,7 @@ from tools.comfy_server import PromptFailed
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows" / "api"
 
 
-def remap_to_tiny_vega(prompt: dict, size: int = 128, steps: int = 3, prefix: str = "t") -> dict:
+def remap_to_tiny_vega(prompt: dict, size: int = 128, steps: int = 2, prefix: str = "t") -> dict:
     """Real SDXL names -> the tiny Vega UNet, taesdxl and test conditioning; small canvas, few steps."""
     p = copy.deepcopy(prompt)
     ckpts = [k for k, n in p.items() if n["class_type"] == "CheckpointLoaderSimple"]
@@ -77,7 +77,7 @@ def sd3_prompt(**sched) -> dict:
         "3": {"class_type": "SD35WBTest_Conditioning", "inputs": {"family": "sd3", "seed": 2, "width": 128, "height": 128}},
         "4": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
         "5": {"class_type": "SD35WB_HighSigmaScheduler", "inputs": {
-            "model": ["1", 0], "latent": ["4", 0], "steps": 4, "width": 1024, "height": 1024, "shape": "karras", "rho": 7.0,
+            "model": ["1", 0], "latent": ["4", 0], "steps": 3, "width": 1024, "height": 1024, "shape": "karras", "rho": 7.0,
             "base_resolution": 64, "rule": "novelai_linear", "flow_rule": "sd3_sqrt_area", "only_scale_up": True,
             "sigma_max_override": 0.0, "sigma_min_override": 0.0, "shift_override": 0.0, **sched}},
         "6": {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "cfg": 4.5}},
