@@ -284,3 +284,17 @@ def test_scheduler_nodes_show_their_own_preview(host, sd15):
     out = cls.execute(model=sd15, steps=8, terminal_sigma="novelai (20000)", custom_terminal_sigma=1.0)
     ui = out.ui.as_dict() if hasattr(out.ui, "as_dict") else out.ui
     assert len(ui["images"]) == 1
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.5, 0.95])
+def test_rescale_cfg_on_flow_models_matches_the_positive_velocity_spread(host, sd3, sigma):
+    """Flow models: phi = 1 gives a result whose velocity (x - x0) / sigma has the positive's per-sample std."""
+    (ours,) = call(host.nodes, "SD35WB_RescaleCFG", model=sd3, multiplier=1.0)
+    (post,) = ours.model_options["sampler_post_cfg_function"]
+    x, c, u, sig = cfg_args(sigma, seed=4)
+    cfg = u + (c - u) * 4.0
+    got = post({"denoised": cfg, "cond_denoised": c, "uncond_denoised": u, "cond_scale": 4.0, "sigma": sig, "input": x,
+                "model": sd3.model})
+    v_got, v_cond, v_cfg = ((x - t) / sigma for t in (got, c, cfg))
+    torch.testing.assert_close(v_got.std(dim=(1, 2, 3)), v_cond.std(dim=(1, 2, 3)), rtol=1e-9, atol=0)
+    torch.testing.assert_close(v_got / v_got.std(dim=(1, 2, 3), keepdim=True), v_cfg / v_cfg.std(dim=(1, 2, 3), keepdim=True))
