@@ -59,9 +59,9 @@ def render(series: Sequence[Series], title: str = "", width: int = 768, height: 
         raise ValueError("sigmas: nothing to plot.")
     img = Image.new("RGB", (width, height), BG)
     d = ImageDraw.Draw(img)
-    f_small, f_mid = _font(12), _font(14)
+    f_small, f_mid = _font(15), _font(18)
 
-    left, right, top, bottom = 78, 20, 44 if title else 20, 56
+    left, right, top, bottom = 92, 20, 48 if title else 20, 62
     x0, x1, y0, y1 = left, width - right, top, height - bottom  # plot box (y0 top)
     lo, hi = log_range(series)
     n_max = max(max(len(s.sigmas) - 1, 1) for s in series)
@@ -77,14 +77,14 @@ def render(series: Sequence[Series], title: str = "", width: int = 768, height: 
         y = py(10.0 ** dec)
         d.line([(x0, y), (x1, y)], fill=GRID)
         label = _fmt_tick(10.0 ** dec)
-        d.text((x0 - 6 - _text_w(d, label, f_small), y - 7), label, fill=FG, font=f_small)
+        d.text((x0 - 6 - _text_w(d, label, f_small), y - 9), label, fill=FG, font=f_small)
         if hi - lo <= 4 and dec < hi:
             for m in (2, 5):
                 ym = py(m * 10.0 ** dec)
                 d.line([(x0, ym), (x0 + 4, ym)], fill=FG)
                 if hi - lo <= 2:
                     label = _fmt_tick(m * 10.0 ** dec)
-                    d.text((x0 - 6 - _text_w(d, label, f_small), ym - 7), label, fill=(90, 90, 90), font=f_small)
+                    d.text((x0 - 6 - _text_w(d, label, f_small), ym - 9), label, fill=(90, 90, 90), font=f_small)
     # x ticks
     step = max(1, int(math.ceil(n_max / 10)))
     for i in range(0, n_max + 1, step):
@@ -96,10 +96,10 @@ def render(series: Sequence[Series], title: str = "", width: int = 768, height: 
 
     # axis titles
     xt = "step"
-    d.text(((x0 + x1) / 2 - _text_w(d, xt, f_mid) / 2, height - 24), xt, fill=FG, font=f_mid)
+    d.text(((x0 + x1) / 2 - _text_w(d, xt, f_mid) / 2, height - 28), xt, fill=FG, font=f_mid)
     yt = "sigma (log scale)"
     tw = int(_text_w(d, yt, f_mid)) + 4
-    label_img = Image.new("RGB", (tw, 18), BG)
+    label_img = Image.new("RGB", (tw, 22), BG)
     ImageDraw.Draw(label_img).text((2, 0), yt, fill=FG, font=f_mid)
     label_img = label_img.rotate(90, expand=True)
     img.paste(label_img, (4, int((y0 + y1) / 2 - tw / 2)))
@@ -130,7 +130,7 @@ def render(series: Sequence[Series], title: str = "", width: int = 768, height: 
         top_sigma = next((float(v) for v in sig if np.isfinite(v)), float("nan"))
         texts.append(f"{s.label}  (max {top_sigma:.4g}, {len(sig) - 1} steps)")
     lw = max(_text_w(d, t, f_small) for t in texts) + 36
-    lh = 18 * len(texts) + 6
+    lh = 21 * len(texts) + 6
     corners = [(x1 - 6 - lw, y0 + 6), (x0 + 6, y1 - 36 - lh), (x0 + 6, y0 + 6), (x1 - 6 - lw, y1 - 36 - lh)]
 
     def covered(c):
@@ -140,11 +140,11 @@ def render(series: Sequence[Series], title: str = "", width: int = 768, height: 
     d.rectangle([lx, ly, lx + lw, ly + lh], fill=BG, outline=GRID)
     for k, text in enumerate(texts):
         color = COLORS[k % len(COLORS)]
-        yy = ly + 4 + 18 * k
-        d.line([(lx + 6, yy + 7), (lx + 22, yy + 7)], fill=color, width=3)
+        yy = ly + 4 + 21 * k
+        d.line([(lx + 6, yy + 9), (lx + 22, yy + 9)], fill=color, width=3)
         d.text((lx + 28, yy), text, fill=FG, font=f_small)
     note = "triangle on the bottom edge = sigma 0 (end)"
-    d.text((x1 - 8 - _text_w(d, note, f_small), y1 - 24), note, fill=FG, font=f_small)
+    d.text((x1 - 8 - _text_w(d, note, f_small), y1 - 26), note, fill=FG, font=f_small)
     return img
 
 
