@@ -81,6 +81,15 @@ def preview_ui(image: torch.Tensor, cls) -> ui.PreviewImage:
     return ui.PreviewImage(image, cls=cls)
 
 
+def check_ddpm(ms, who: str) -> None:
+    """Zero terminal SNR rescales a DDPM beta schedule: refuse EDM / cascade / continuous samplings."""
+    ms_mod = comfy.model_sampling
+    if not isinstance(ms, ms_mod.ModelSamplingDiscrete) or isinstance(ms, (ms_mod.ModelSamplingDiscreteEDM,
+                                                                         ms_mod.StableCascadeSampling)):
+        raise ValueError(f"model: {who} needs a discrete DDPM-schedule model (SD1.5 / SD2 / SDXL eps or v); this one "
+                         f"samples with {type(ms).__name__}, which has no beta schedule to rescale.")
+
+
 # ----------------------------------------------------------------------------- KSampler dropdown
 
 def _ztsnr_handler(model_sampling, steps: int) -> torch.Tensor:
@@ -88,6 +97,7 @@ def _ztsnr_handler(model_sampling, steps: int) -> torch.Tensor:
     if is_flow(model_sampling):
         raise ValueError(f"scheduler {KSAMPLER_SCHEDULER}: the model is a flow-matching model (SD3/Flux); zero terminal "
                          "SNR applies to discrete eps / v-prediction models only. Pick another scheduler.")
+    check_ddpm(model_sampling, f"scheduler {KSAMPLER_SCHEDULER}")
     table = model_sampling.sigmas.detach().cpu().double().numpy()
     if not getattr(model_sampling, "zsnr", False):
         table = sigmas.rescale_sigma_table_zero_terminal_snr(table)
@@ -262,6 +272,7 @@ class ZTSNRScheduler(io.ComfyNode):
             raise ValueError("model: this is a flow-matching model (SD3 / SD3.5 / Flux sampling); zero terminal SNR "
                              "rescales the betas of discrete eps / v-prediction models. Use SD35WB_HighSigmaScheduler for "
                              "flow models.")
+        check_ddpm(ms, "SD35WB_ZTSNRScheduler")
         top = sigmas.terminal_standin(terminal_sigma, custom_terminal_sigma)
         settings = getattr(model.model.model_config, "sampling_settings", {}) or {}
         schedule = settings.get("beta_schedule", "linear")
@@ -276,11 +287,11 @@ class ZTSNRScheduler(io.ComfyNode):
                 table = sigmas.rescale_sigma_table_zero_terminal_snr(table)
             out = sigmas.ztsnr_sigmas_from_table(table, steps, top)
             source = f"the model's {len(table)}-entry sigma table"
-        is_v = isinstance(ms, comfy.model_sampling.V_PREDICTION)
+        is_v, is_zsnr = isinstance(ms, comfy.model_sampling.V_PREDICTION), bool(getattr(ms, "zsnr", False))
         warn = ""
-        if not getattr(ms, "zsnr", False) or not is_v:
-            warn = " | model sampling is " + ("v-prediction" if is_v else "eps") + (", zsnr" if getattr(ms, "zsnr", False) else ", not zsnr") + \
-                   ": for a ZTSNR v-pred fine-tune add SD35WB_ZTSNRModelPatch"
+        if not (is_v and is_zsnr):
+            warn = (f" | model sampling is {'v-prediction' if is_v else 'eps'}, {'zsnr' if is_zsnr else 'not zsnr'}: "
+                    "for a ZTSNR v-pred fine-tune add SD35WB_ZTSNRModelPatch")
         info = f"ZTSNR trailing, {steps} steps from {source}; terminal sigma {top:.6g} ({terminal_sigma}){warn}"
         series = [sigma_plot.Series("ZTSNR trailing", out)]
         try:

@@ -298,3 +298,12 @@ def test_rescale_cfg_on_flow_models_matches_the_positive_velocity_spread(host, s
     v_got, v_cond, v_cfg = ((x - t) / sigma for t in (got, c, cfg))
     torch.testing.assert_close(v_got.std(dim=(1, 2, 3)), v_cond.std(dim=(1, 2, 3)), rtol=1e-9, atol=0)
     torch.testing.assert_close(v_got / v_got.std(dim=(1, 2, 3), keepdim=True), v_cfg / v_cfg.std(dim=(1, 2, 3), keepdim=True))
+
+
+def test_ztsnr_refuses_models_without_a_beta_schedule(host, sd15):
+    (edm,) = call(host.nodes, "ModelSamplingContinuousEDM", model=sd15, sampling="v_prediction", sigma_max=120.0, sigma_min=0.002)
+    with pytest.raises(ValueError) as e:
+        ztsnr(host, edm, 4)
+    assert str(e.value).startswith("model: SD35WB_ZTSNRScheduler needs a discrete DDPM-schedule model")
+    with pytest.raises(ValueError, match="scheduler sd35wb_ztsnr_trailing needs a discrete DDPM-schedule model"):
+        call(host.nodes, "BasicScheduler", model=edm, scheduler="sd35wb_ztsnr_trailing", steps=4, denoise=1.0)
