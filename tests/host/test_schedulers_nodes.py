@@ -10,6 +10,15 @@ from helpers import call
 import sd35wb.sigmas as S
 
 
+@pytest.fixture(scope="module", autouse=True)
+def temp_previews(host, tmp_path_factory):
+    """Preview PNGs go to a test folder, not the shared host's ComfyUI/temp."""
+    old = host.folder_paths.get_temp_directory()
+    host.folder_paths.set_temp_directory(str(tmp_path_factory.mktemp("previews")))
+    yield
+    host.folder_paths.set_temp_directory(old)
+
+
 @pytest.fixture(scope="module")
 def sd15(host):
     (model,) = call(host.nodes, "UNETLoader", unet_name="tiny-sd15.safetensors", weight_dtype="default")
