@@ -1,6 +1,5 @@
 """API tier: the scheduler workflows and nodes through a real ComfyUI server on the tiny models."""
 
-import copy
 import io
 import json
 from pathlib import Path
@@ -9,31 +8,17 @@ import pytest
 from PIL import Image
 
 from tools.comfy_server import PromptFailed
+from tools.tiny_remap import tinyify
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows" / "api"
 
 
-def remap_to_tiny_vega(prompt: dict, size: int = 128, steps: int = 2, prefix: str = "t") -> dict:
-    """Real SDXL names -> the tiny Vega UNet, taesdxl and test conditioning; small canvas, few steps."""
-    p = copy.deepcopy(prompt)
-    ckpts = [k for k, n in p.items() if n["class_type"] == "CheckpointLoaderSimple"]
-    for k in ckpts:
-        p[k] = {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-vega.safetensors", "weight_dtype": "default"}}
-    p["900"] = {"class_type": "VAELoader", "inputs": {"vae_name": "taesdxl"}}
-    for i, (k, n) in enumerate(sorted(p.items())):
-        ins = n["inputs"]
-        if n["class_type"] == "CLIPTextEncode":
-            p[k] = {"class_type": "SD35WBTest_Conditioning", "inputs": {"family": "sdxl", "seed": i, "width": size, "height": size}}
-            continue
-        for name, v in ins.items():
-            if isinstance(v, list) and len(v) == 2 and v[0] in ckpts and v[1] == 2:
-                ins[name] = ["900", 0]
-        if n["class_type"] == "EmptyLatentImage":
-            ins.update(width=size, height=size)
-        if "steps" in ins:
-            ins["steps"] = steps
-        if n["class_type"] == "SaveImage":
-            ins["filename_prefix"] = prefix
+def remap_to_tiny_vega(prompt: dict, steps: int = 2, prefix: str = "t") -> dict:
+    """Real SDXL names -> the tiny Vega UNet, taesdxl and test conditioning (tools.tiny_remap), 128 px, few steps."""
+    p = tinyify(prompt, family="sdxl", size=128, max_steps=steps)
+    for node in p.values():
+        if node["class_type"] == "SaveImage":
+            node["inputs"]["filename_prefix"] = prefix
     return p
 
 
