@@ -159,8 +159,8 @@ class HighSigmaScheduler(io.ComfyNode):
                 io.Combo.Input("rule", options=list(sigmas.RESOLUTION_RULES), default="novelai_linear",
                                tooltip="Discrete models. novelai_linear: factor = longer canvas side / base side "
                                        "(NovelAI V3). area: factor = sqrt(canvas pixels / base pixels). Equal for squares."),
-                io.Combo.Input("flow_rule", options=list(sigmas.FLOW_RULES), default="sd3_sqrt_area",
-                               tooltip="Flow models. sd3_sqrt_area: model shift x sqrt(pixels / base pixels) (SD3 paper). "
+                io.Combo.Input("flow_rule", options=list(sigmas.FLOW_RULES), default="sqrt_area",
+                               tooltip="Flow models. sqrt_area: model shift x sqrt(pixels / base pixels) (SD3 paper). "
                                        "diffusers_dynamic: exp(calculate_shift(tokens)) as diffusers' "
                                        "use_dynamic_shifting (0.5 at 256 tokens -> 1.15 at 4096). none: the model's shift."),
                 io.Boolean.Input("only_scale_up", default=True,
@@ -198,11 +198,11 @@ class HighSigmaScheduler(io.ComfyNode):
             model_shift = float(ms.shift)
             if shift_override > 0:
                 shift, how = shift_override, f"shift_override {shift_override:g}"
-            elif flow_rule == "sd3_sqrt_area":
+            elif flow_rule == "sqrt_area":
                 factor = sigmas.resolution_factor(w, h, base, "area")
                 if only_scale_up:
                     factor = max(1.0, factor)
-                shift, how = model_shift * factor, f"sd3_sqrt_area: shift {model_shift:g} x {factor:.4g}"
+                shift, how = model_shift * factor, f"sqrt_area: shift {model_shift:g} x {factor:.4g}"
             elif flow_rule == "diffusers_dynamic":
                 shift, tokens = sigmas.diffusers_dynamic_shift(w, h)
                 how = f"diffusers_dynamic: exp(calculate_shift({tokens} tokens))"

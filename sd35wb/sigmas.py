@@ -49,7 +49,7 @@ TERMINAL_STANDINS = {
 
 SHAPES = ("karras", "exponential", "polyexponential")
 RESOLUTION_RULES = ("novelai_linear", "area")
-FLOW_RULES = ("sd3_sqrt_area", "diffusers_dynamic", "none")
+FLOW_RULES = ("sqrt_area", "diffusers_dynamic", "none")
 
 
 # ----------------------------------------------------------------------------- validation

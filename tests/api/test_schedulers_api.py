@@ -63,7 +63,7 @@ def sd3_prompt(**sched) -> dict:
         "4": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
         "5": {"class_type": "SD35WB_HighSigmaScheduler", "inputs": {
             "model": ["1", 0], "latent": ["4", 0], "steps": 3, "width": 1024, "height": 1024, "shape": "karras", "rho": 7.0,
-            "base_resolution": 64, "rule": "novelai_linear", "flow_rule": "sd3_sqrt_area", "only_scale_up": True,
+            "base_resolution": 64, "rule": "novelai_linear", "flow_rule": "sqrt_area", "only_scale_up": True,
             "sigma_max_override": 0.0, "sigma_min_override": 0.0, "shift_override": 0.0, **sched}},
         "6": {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "cfg": 4.5}},
         "7": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},

@@ -4,7 +4,7 @@ PROMPT = {
     "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-sd15.safetensors", "weight_dtype": "default"}},
     "2": {"class_type": "SD35WB_HighSigmaScheduler", "inputs": {
         "model": ["1", 0], "steps": 12, "width": 1024, "height": 768, "shape": "karras", "rho": 7.0, "base_resolution": 0,
-        "rule": "area", "flow_rule": "sd3_sqrt_area", "only_scale_up": True, "sigma_max_override": 0.0,
+        "rule": "area", "flow_rule": "sqrt_area", "only_scale_up": True, "sigma_max_override": 0.0,
         "sigma_min_override": 0.0, "shift_override": 0.0}},
     "3": {"class_type": "SD35WB_SigmaPreview", "inputs": {"sigmas": ["2", 0], "title": "browser", "compare_with": "karras",
                                                            "model": ["1", 0]}},

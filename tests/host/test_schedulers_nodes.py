@@ -33,7 +33,7 @@ def sd3(host):
 
 def high_sigma(host, model, **kw):
     args = dict(model=model, steps=10, width=1024, height=1024, shape="karras", rho=7.0, base_resolution=0,
-                rule="novelai_linear", flow_rule="sd3_sqrt_area", only_scale_up=True, sigma_max_override=0.0,
+                rule="novelai_linear", flow_rule="sqrt_area", only_scale_up=True, sigma_max_override=0.0,
                 sigma_min_override=0.0, shift_override=0.0)
     args.update(kw)
     return call(host.nodes, "SD35WB_HighSigmaScheduler", **args)
@@ -113,7 +113,7 @@ def test_flow_model_gets_the_sd3_resolution_shift(host, sd3):
     (core6,) = call(host.nodes, "BasicScheduler", model=shifted6, scheduler="simple", steps=10, denoise=1.0)
     sig, info = high_sigma(host, sd3, steps=10, width=2048, height=2048)  # base 1024, model shift 3 -> 6
     np.testing.assert_allclose(sig.numpy(), core6.numpy(), rtol=1e-5)
-    assert "SD3 flow model: sd3_sqrt_area: shift 3 x 2" in info and "-> shift 6" in info
+    assert "SD3 flow model: sqrt_area: shift 3 x 2" in info and "-> shift 6" in info
     (core3,) = call(host.nodes, "BasicScheduler", model=sd3, scheduler="simple", steps=10, denoise=1.0)
     np.testing.assert_allclose(high_sigma(host, sd3, steps=10)[0].numpy(), core3.numpy(), rtol=1e-5)
     dyn, info = high_sigma(host, sd3, steps=10, flow_rule="diffusers_dynamic")
