@@ -10,3 +10,18 @@ def call(nodes_module, node_id: str, **inputs):
         out = cls.execute(**inputs)
         return tuple(out.result) if out.result is not None else ()
     return tuple(getattr(cls(), cls.FUNCTION)(**inputs))
+
+
+def sd3_txt2img(seed: int = 7, prefix: str = "api_sd3") -> dict:
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-sd35m.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "SD35WBTest_Conditioning", "inputs": {"family": "sd3", "seed": 1, "width": 128, "height": 128}},
+        "3": {"class_type": "SD35WBTest_Conditioning", "inputs": {"family": "sd3", "seed": 2, "width": 128, "height": 128}},
+        "4": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
+                                                    "latent_image": ["4", 0], "seed": seed, "steps": 4, "cfg": 4.5,
+                                                    "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
+        "6": {"class_type": "VAELoader", "inputs": {"vae_name": "taesd3"}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["6", 0]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": prefix}},
+    }

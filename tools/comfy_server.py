@@ -131,9 +131,12 @@ class ComfyServer:
 
     def queue(self, prompt: dict, client_id: str | None = None) -> str:
         status, body = self.request("/prompt", {"prompt": prompt, "client_id": client_id or uuid.uuid4().hex})
-        if status != 200:
-            raise PromptRejected(status, json.loads(body or b"{}"))
-        return json.loads(body)["prompt_id"]
+        data = json.loads(body or b"{}")
+        # The host accepts a prompt whose *other* outputs validate and silently drops the rest:
+        # any node error is a rejection here.
+        if status != 200 or data.get("node_errors"):
+            raise PromptRejected(status, data)
+        return data["prompt_id"]
 
     def wait(self, prompt_id: str, timeout: float = 600) -> dict:
         """Block until the prompt finishes; return its /history entry (raise on execution error)."""

@@ -16,12 +16,14 @@ import hashlib
 TINY_MODEL = {"sd3": "tiny-sd35m.safetensors", "sdxl": "tiny-vega.safetensors", "sd15": "tiny-sd15.safetensors"}
 TINY_VAE = {"sd3": "taesd3", "sdxl": "taesdxl", "sd15": "taesd"}
 LATENT_NODES = {"EmptySD3LatentImage", "EmptyLatentImage"}
+MODEL_INPUTS = {"unet_name", "ckpt_name", "model_name", "vae_name"}
 
 
 def family_of(prompt: dict) -> str:
     """sd3 / sdxl / sd15 from the workflow's latent and model names."""
-    names = " ".join(str(v).lower() for n in prompt.values() for v in n["inputs"].values() if isinstance(v, str))
-    if any(n["class_type"] == "EmptySD3LatentImage" for n in prompt.values()) or "sd3" in names:
+    names = " ".join(str(v).lower() for n in prompt.values() for k, v in n["inputs"].items()
+                     if isinstance(v, str) and k in MODEL_INPUTS)
+    if any(n["class_type"] in ("EmptySD3LatentImage", "SD35WB_SD35Loader") for n in prompt.values()) or "sd3" in names:
         return "sd3"
     if "xl" in names or "vega" in names or "ssd" in names:
         return "sdxl"

@@ -6,6 +6,8 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import TESTS
+from helpers import sd3_txt2img
 
 from tools.comfy_server import ComfyServer, PromptFailed, prepare_base
 from tools.simpletuner_fixtures import tiny_example_run
@@ -25,13 +27,12 @@ def make_read_only(folder):
 def read_only_server(tmp_path_factory, tiny_models, server):
     base = tmp_path_factory.mktemp("readonly-host")
     undo = []
-    for name in ("diffusion_models", "loras"):
+    for name in ("unet", "diffusion_models", "loras"):  # unet/ is the host's first diffusion_models folder
         d = base / "models" / name
         d.mkdir(parents=True)
         undo.append(make_read_only(d))
-    tests_dir = __import__("conftest").TESTS
     cfg = prepare_base(base, {"diffusion_models": [tiny_models / "diffusion_models"], "vae_approx": [tiny_models / "vae_approx"]},
-                       {"sd35wb_testnodes": tests_dir / "testnodes"})
+                       {"sd35wb_testnodes": TESTS / "testnodes"})
     srv = ComfyServer(base, cfg).start()
     yield srv, base
     srv.stop()
@@ -42,12 +43,10 @@ def read_only_server(tmp_path_factory, tiny_models, server):
 def test_read_only_models_folder(read_only_server, server, tiny_models, tmp_path):
     srv, base = read_only_server
     with pytest.raises(OSError):
-        (base / "models" / "diffusion_models" / "probe").touch()
+        (base / "models" / "unet" / "probe").touch()
     ours = {k for k in srv.get_json("/object_info") if k.startswith("SD35WB_")}
     assert ours == {k for k in server.get_json("/object_info") if k.startswith("SD35WB_")}
     # Rendering is unaffected.
-    from test_server import sd3_txt2img
-
     assert srv.images(srv.run(sd3_txt2img(prefix="ro")))
     # The linker explains itself instead of failing deep inside.
     run = tiny_example_run(tmp_path / "run", tiny_models / "diffusion_models" / "tiny-sd35m.safetensors")
@@ -59,5 +58,5 @@ def test_read_only_models_folder(read_only_server, server, tiny_models, tmp_path
     with pytest.raises(PromptFailed) as e:
         srv.run(prompt)
     msg = e.value.error.get("exception_message", "")
-    assert "read-only" in msg and str(base / "models" / "diffusion_models") in msg, msg
-    assert not any((base / "models" / "diffusion_models").iterdir())
+    assert "read-only" in msg and str(base / "models" / "unet") in msg, msg
+    assert not any((base / "models" / "unet").iterdir())

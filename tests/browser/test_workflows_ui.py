@@ -27,7 +27,7 @@ RETARGET_JS = """
 ([model, vae]) => {
   for (const node of window.app.graph._nodes) {
     for (const w of node.widgets ?? []) {
-      if (['unet_name', 'ckpt_name', 'model_name'].includes(w.name)) w.value = model;
+      if (['unet_name', 'model_name'].includes(w.name)) w.value = model;
       if (w.name === 'vae_name') w.value = vae;
       if (['clip_l', 'clip_g', 't5xxl'].includes(w.name)) w.value = 'none';
       if (w.name === 'vae' && node.comfyClass === 'SD35WB_SD35Loader') w.value = 'taesd3';
@@ -53,7 +53,7 @@ def a_text_encoder_file(user_models):
 
 
 @pytest.mark.parametrize("ui_path", UI, ids=lambda p: p.stem)
-def test_dropped_workflow_loads_and_queues(page, server, ui_path, a_text_encoder_file):
+def test_dropped_workflow_loads_and_queues(page, server, ui_path, placeholder_files):
     text = ui_path.read_text()
     wf = json.loads(text)
     page.evaluate(DROP_JS, [text, ui_path.name])
