@@ -8,6 +8,8 @@ tests convert each UI workflow back and compare it with its twin.
 
 from __future__ import annotations
 
+import uuid
+
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 NOTE_TYPE = "MarkdownNote"
 
@@ -116,7 +118,7 @@ def api_to_ui(prompt: dict, object_info: dict, note: str | None = None, title: s
                          "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [note],
                          "title": title or "About this workflow"})
     return {
-        "id": "00000000-0000-4000-8000-" + f"{abs(hash(title or '')) % 10**12:012d}",
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, "sd35-workbench/" + (title or ""))),  # stable across runs
         "revision": 0, "last_node_id": max(n["id"] for n in nodes), "last_link_id": len(links),
         "nodes": nodes, "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 420]}},
         "version": 0.4,
