@@ -10,7 +10,7 @@ t0=$(date +%s)
 echo "[test] ruff: $(( $(date +%s) - t0 ))s"
 t0=$(date +%s)
 set +e
-"$COMFYUI_PYTHON" -m pytest "$@"
+"$COMFYUI_PYTHON" -m pytest --durations=15 "$@"
 rc=$?
 set -e
 echo "[test] pytest: $(( $(date +%s) - t0 ))s (exit $rc)"

@@ -1,0 +1,190 @@
+"""Convert between ComfyUI's API format (what POST /prompt takes) and its UI format (what the
+editor saves and loads), using the host's /object_info to know which inputs are widgets.
+
+The example workflows are authored once, as API prompts in workflows/api/, with a note in
+workflows/notes/; `python -m tools.make_workflows` writes the UI twins from them, and the
+tests convert each UI workflow back and compare it with its twin.
+"""
+
+from __future__ import annotations
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+NOTE_TYPE = "MarkdownNote"
+
+
+def input_specs(info: dict) -> list[tuple[str, str, dict]]:
+    """(name, type, options) of every declared input, in the order the frontend builds them."""
+    out = []
+    for section in ("required", "optional"):
+        for name, spec in info.get("input", {}).get(section, {}).items():
+            typ = spec[0]
+            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if isinstance(typ, list):
+                typ = "COMBO"
+            out.append((name, typ, opts))
+    return out
+
+
+def _is_widget(typ: str, opts: dict) -> bool:
+    return typ in WIDGET_TYPES and not opts.get("forceInput")
+
+
+def _has_control(name: str, typ: str, opts: dict) -> bool:
+    # The frontend adds a "control after generate" widget (its value is saved too) to such inputs.
+    if typ == "INT":
+        return bool(opts.get("control_after_generate", name in ("seed", "noise_seed")))
+    return typ == "COMBO" and bool(opts.get("control_after_generate"))
+
+
+def _depths(prompt: dict) -> dict[str, int]:
+    depth: dict[str, int] = {}
+
+    def visit(nid: str, stack=()) -> int:
+        if nid in depth:
+            return depth[nid]
+        if nid in stack:
+            raise ValueError(f"workflow has a cycle through node {nid}")
+        ups = [v[0] for v in prompt[nid]["inputs"].values() if isinstance(v, list) and len(v) == 2 and str(v[0]) in prompt]
+        depth[nid] = 1 + max((visit(str(u), (*stack, nid)) for u in ups), default=-1)
+        return depth[nid]
+
+    for nid in prompt:
+        visit(nid)
+    return depth
+
+
+def api_to_ui(prompt: dict, object_info: dict, note: str | None = None, title: str | None = None) -> dict:
+    """The UI-format workflow for an API prompt, laid out left to right by graph depth."""
+    depth = _depths(prompt)
+    rows: dict[int, int] = {}
+    nodes, links = [], []
+    id_map = {nid: i + 1 for i, nid in enumerate(sorted(prompt, key=lambda n: (depth[n], int(n) if n.isdigit() else n)))}
+    out_links: dict[tuple[int, int], list[int]] = {}
+    pending_inputs = {}
+    for nid, node in prompt.items():
+        cls = node["class_type"]
+        if cls not in object_info:
+            raise ValueError(f"node {nid}: unknown node type {cls!r} (not in /object_info)")
+        info = object_info[cls]
+        uid = id_map[nid]
+        inputs, widgets = [], []
+        for name, typ, opts in input_specs(info):
+            val = node["inputs"].get(name)
+            linked = isinstance(val, list) and len(val) == 2 and str(val[0]) in prompt
+            if _is_widget(typ, opts):
+                if linked:
+                    widget_val = opts.get("default", None)
+                    inputs.append({"name": name, "type": typ, "widget": {"name": name}, "link": None})
+                    pending_inputs[(uid, len(inputs) - 1)] = val
+                else:
+                    widget_val = val if name in node["inputs"] else opts.get("default")
+                widgets.append(widget_val)
+                if _has_control(name, typ, opts):
+                    widgets.append("fixed")
+            else:
+                inputs.append({"name": name, "type": typ, "link": None})
+                if linked:
+                    pending_inputs[(uid, len(inputs) - 1)] = val
+        outputs = [{"name": n, "type": t, "links": []} for n, t in zip(info.get("output_name", info["output"]), info["output"])]
+        d = depth[nid]
+        y = rows.get(d, 0)
+        rows[d] = y + 80 + 30 * (len(inputs) + len(widgets))
+        meta = node.get("_meta", {})
+        entry = {
+            "id": uid, "type": cls, "pos": [60 + 380 * d, 60 + y], "size": [340, 60 + 26 * (len(inputs) + len(widgets))],
+            "flags": {}, "order": 0, "mode": 0, "inputs": inputs, "outputs": outputs,
+            "properties": {"Node name for S&R": cls}, "widgets_values": widgets,
+        }
+        if meta.get("title"):
+            entry["title"] = meta["title"]
+        nodes.append(entry)
+    by_id = {n["id"]: n for n in nodes}
+    for (uid, slot), (src, src_slot) in sorted(pending_inputs.items()):
+        link_id = len(links) + 1
+        src_uid = id_map[str(src)]
+        typ = by_id[src_uid]["outputs"][src_slot]["type"]
+        links.append([link_id, src_uid, src_slot, uid, slot, typ])
+        by_id[uid]["inputs"][slot]["link"] = link_id
+        by_id[src_uid]["outputs"][src_slot]["links"].append(link_id)
+        out_links.setdefault((src_uid, src_slot), []).append(link_id)
+    order = sorted(nodes, key=lambda n: (n["pos"][0], n["pos"][1]))
+    for i, n in enumerate(order):
+        n["order"] = i
+    if note:
+        nid = max(by_id) + 1
+        nodes.insert(0, {"id": nid, "type": NOTE_TYPE, "pos": [60, -360], "size": [720, 320], "flags": {}, "order": len(nodes),
+                         "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [note],
+                         "title": title or "About this workflow"})
+    return {
+        "id": "00000000-0000-4000-8000-" + f"{abs(hash(title or '')) % 10**12:012d}",
+        "revision": 0, "last_node_id": max(n["id"] for n in nodes), "last_link_id": len(links),
+        "nodes": nodes, "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 420]}},
+        "version": 0.4,
+    }
+
+
+def ui_to_api(workflow: dict, object_info: dict) -> dict:
+    """The API prompt a UI workflow queues (notes and other virtual nodes dropped)."""
+    links = {lk[0]: lk for lk in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        cls = node["type"]
+        if cls not in object_info:
+            if cls in (NOTE_TYPE, "Note"):
+                continue
+            raise ValueError(f"node {node['id']}: unknown node type {cls!r}")
+        values = list(node.get("widgets_values") or [])
+        linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
+        inputs = {}
+        for name, typ, opts in input_specs(object_info[cls]):
+            if _is_widget(typ, opts):
+                val = values.pop(0) if values else opts.get("default")
+                if _has_control(name, typ, opts) and values:
+                    values.pop(0)
+                if name in linked:
+                    continue
+                if val is not None:
+                    inputs[name] = val
+            if name in linked:
+                lk = linked[name]
+                inputs[name] = [str(lk[1]), lk[2]]
+        prompt[str(node["id"])] = {"class_type": cls, "inputs": inputs}
+    return prompt
+
+
+def same_graph(a: dict, b: dict) -> list[str]:
+    """Differences between two API prompts up to node renumbering (empty when they match)."""
+    def canon(p: dict) -> dict:
+        # Name each node by its class and its upstream structure, so ids don't matter.
+        memo: dict[str, str] = {}
+
+        def key(nid: str) -> str:
+            if nid not in memo:
+                memo[nid] = "?"
+                n = p[nid]
+                parts = []
+                for k, v in sorted(n["inputs"].items()):
+                    if isinstance(v, list) and len(v) == 2 and str(v[0]) in p:
+                        parts.append(f"{k}=<{key(str(v[0]))}>[{v[1]}]")
+                    else:
+                        parts.append(f"{k}={v!r}")
+                memo[nid] = f"{n['class_type']}({', '.join(parts)})"
+            return memo[nid]
+
+        return {key(n): n for n in p}
+
+    ca, cb = canon(a), canon(b)
+    return [f"only in first: {k}" for k in ca.keys() - cb.keys()] + [f"only in second: {k}" for k in cb.keys() - ca.keys()]
+
+
+def fill_defaults(prompt: dict, object_info: dict) -> dict:
+    """A copy of ``prompt`` with every widget input the node declares but the prompt omits set to its
+    default, so prompts written with and without defaults compare equal."""
+    out = {}
+    for nid, node in prompt.items():
+        inputs = dict(node["inputs"])
+        for name, typ, opts in input_specs(object_info.get(node["class_type"], {})):
+            if name not in inputs and _is_widget(typ, opts) and opts.get("default") is not None:
+                inputs[name] = opts["default"]
+        out[nid] = {"class_type": node["class_type"], "inputs": inputs}
+    return out
