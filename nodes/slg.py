@@ -80,14 +80,25 @@ def _assemble(sources, tensors, rows_per_chunk):
 _ROW_LIST_KEYS = ("cond_or_uncond", "uuids", "sd35wb_slg_cond_or_uncond")
 
 
-def _call(prev, args, extra):
-    return prev(args, extra) if prev is not None else extra["original_block"](args)
+def _call(prev, args, extra, block=None):
+    """Run what sits at this block: another pack's patch if there is one, else the block itself.
+
+    With no other patch, the MMDiT joint block is called the way the model's own loop calls its
+    unpatched blocks (no activation checkpointing: the host's ``original_block`` wrapper turns it
+    on, which costs time at inference and changes nothing numerically)."""
+    if prev is not None:
+        return prev(args, extra)
+    if block is not None:
+        txt, img = block(args["txt"], args["img"], c=args["vec"], use_checkpoint=False,
+                         transformer_options=args["transformer_options"])
+        return {"img": img, "txt": txt}
+    return extra["original_block"](args)
 
 
-def _run_rows(prev, args, extra, run, n_chunks, rows_per_chunk):
+def _run_rows(prev, args, extra, run, n_chunks, rows_per_chunk, block=None):
     """Run the block (or the patch another pack set on it) on the chunks in ``run`` only."""
     if len(run) == n_chunks:
-        return _call(prev, args, extra)
+        return _call(prev, args, extra, block)
     segments = S.merge_segments([("x", c) for c in run])
     sub = dict(args)
     for key in ("img", "txt", "vec"):
@@ -99,7 +110,7 @@ def _run_rows(prev, args, extra, run, n_chunks, rows_per_chunk):
         if isinstance(to.get(key), list) and len(to[key]) == n_chunks:
             to[key] = [to[key][c] for c in run]
     sub["transformer_options"] = to
-    return _call(prev, sub, extra)
+    return _call(prev, sub, extra, block)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +178,7 @@ class SLGGuider(comfy.samplers.CFGGuider):
             self._skip_src = positive
         return self._skip_conds
 
-    def _prefix_patch(self, prev, last_prefix: bool):
+    def _prefix_patch(self, prev, last_prefix: bool, block=None):
         skip_map = self._skip_map
 
         def sd35wb_slg_prefix(args, extra):
@@ -176,10 +187,10 @@ class SLGGuider(comfy.samplers.CFGGuider):
             n = plan.n_chunks
             img = args["img"]
             if not plan.shared or n == 0 or img.shape[0] % n:
-                return _call(prev, args, extra)
+                return _call(prev, args, extra, block)
             rows = img.shape[0] // n
             run = plan.prefix_run()
-            out = _run_rows(prev, args, extra, run, n, rows)
+            out = _run_rows(prev, args, extra, run, n, rows, block)
             at = {c: k for k, c in enumerate(run)}
             shared = plan.shared_map
             sources = []
@@ -198,7 +209,7 @@ class SLGGuider(comfy.samplers.CFGGuider):
 
         return sd35wb_slg_prefix
 
-    def _skipped_patch(self, prev):
+    def _skipped_patch(self, prev, block=None):
         skip_map = self._skip_map
 
         def sd35wb_slg_skip(args, extra):
@@ -207,12 +218,12 @@ class SLGGuider(comfy.samplers.CFGGuider):
             n = plan.n_chunks
             img = args["img"]
             if not plan.skip or n == 0 or img.shape[0] % n:
-                return _call(prev, args, extra)
+                return _call(prev, args, extra, block)
             run = plan.skipped_run()
             if not run:
                 return args
             rows = img.shape[0] // n
-            out = _run_rows(prev, args, extra, run, n, rows)
+            out = _run_rows(prev, args, extra, run, n, rows, block)
             at = {c: k for k, c in enumerate(run)}
             sources = [("out", at[c]) if c in at else ("in", c) for c in range(n)]
             res = dict(out)
@@ -248,12 +259,14 @@ class SLGGuider(comfy.samplers.CFGGuider):
         opts["transformer_options"] = dict(opts.get("transformer_options", {}))
         existing = opts["transformer_options"].get("patches_replace", {}).get("dit", {})
         first, skipped = self.slg_layers[0], set(self.slg_layers)
+        blocks = getattr(getattr(self.inner_model, "diffusion_model", None), "joint_blocks", None)
         for i in range(self.slg_layers[-1] + 1):
             prev = existing.get(("double_block", i))  # another pack's patch: called as the block, never dropped
+            block = blocks[i] if blocks is not None and i < len(blocks) else None
             if i in skipped:
-                patch = self._skipped_patch(prev)
+                patch = self._skipped_patch(prev, block)
             elif i < first:
-                patch = self._prefix_patch(prev, last_prefix=(i == first - 1))
+                patch = self._prefix_patch(prev, last_prefix=(i == first - 1), block=block)
             else:
                 continue
             opts = comfy.model_patcher.set_model_options_patch_replace(opts, patch, "dit", "double_block", i)
