@@ -170,10 +170,12 @@ class SLGGuider(comfy.samplers.CFGGuider):
         """The positive entries again, each under a new uuid (so the host batches it as its own chunk)."""
         if self._skip_src is not positive:
             self._skip_conds, self._skip_map = [], {}
+            seen = [c.get("uuid") for c in positive]
             for c in positive:
                 twin = c.copy()
                 twin["uuid"] = uuid.uuid4()
-                self._skip_map[twin["uuid"]] = c.get("uuid")
+                # an entry whose uuid is not unique cannot be told apart: its twin computes its own prefix
+                self._skip_map[twin["uuid"]] = c.get("uuid") if seen.count(c.get("uuid")) == 1 else None
                 self._skip_conds.append(twin)
             self._skip_src = positive
         return self._skip_conds
@@ -183,7 +185,7 @@ class SLGGuider(comfy.samplers.CFGGuider):
 
         def sd35wb_slg_prefix(args, extra):
             to = args["transformer_options"]
-            plan = S.plan_rows(to.get("uuids", ()), skip_map)
+            plan = S.plan_rows(to.get("uuids", ()), skip_map, to.get("sd35wb_slg_cond_or_uncond"))
             n = plan.n_chunks
             img = args["img"]
             if not plan.shared or n == 0 or img.shape[0] % n:
@@ -214,7 +216,7 @@ class SLGGuider(comfy.samplers.CFGGuider):
 
         def sd35wb_slg_skip(args, extra):
             to = args["transformer_options"]
-            plan = S.plan_rows(to.get("uuids", ()), skip_map)
+            plan = S.plan_rows(to.get("uuids", ()), skip_map, to.get("sd35wb_slg_cond_or_uncond"))
             n = plan.n_chunks
             img = args["img"]
             if not plan.skip or n == 0 or img.shape[0] % n:

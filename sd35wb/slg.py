@@ -157,22 +157,29 @@ class RowPlan:
         return [c for c in range(self.n_chunks) if c not in skip]
 
 
-def plan_rows(uuids, skip_to_positive: dict) -> RowPlan:
+def plan_rows(uuids, skip_to_positive: dict, rows=None, positive_index: int = 0) -> RowPlan:
     """Plan one batched call from its chunk uuids.
 
     ``skip_to_positive`` maps each skip-layer cond entry's uuid to the uuid of the positive
-    entry it copies. Matching is by uuid, never by position or cond index, so it holds for any
-    chunk order, several positive entries (combined conditioning) and partial batches.
+    entry it copies. Matching is by uuid, never by position, so it holds for any chunk order,
+    several positive entries (combined conditioning) and partial batches. ``rows`` (the chunks'
+    true cond indices) restricts the twin to chunks of the positive cond: the host's area
+    handling copies cond entries *with* their uuid into the other cond's list, so a uuid alone
+    can name a negative chunk too. A twin that is missing or ambiguous is not shared: that skip
+    chunk is computed in full.
     """
     uuids = list(uuids)
-    where = {u: i for i, u in enumerate(uuids)}
+    candidates: dict = {}
+    for j, u in enumerate(uuids):
+        if rows is None or (j < len(rows) and rows[j] == positive_index):
+            candidates.setdefault(u, []).append(j)
     skip, shared = [], []
     for i, u in enumerate(uuids):
         if u in skip_to_positive:
             skip.append(i)
-            src = where.get(skip_to_positive[u])
-            if src is not None:
-                shared.append((i, src))
+            src = candidates.get(skip_to_positive[u], [])
+            if len(src) == 1:
+                shared.append((i, src[0]))
     return RowPlan(len(uuids), tuple(skip), tuple(shared))
 
 

@@ -191,6 +191,26 @@ def test_chains_another_packs_block_patches(host, sd35m, conds):
     assert maxdiff(core, core_slg(host, sd35m, conds, lat)) > 1e-4, "the other patch changes the result"
 
 
+def test_area_conditioning_matches_core(host, sd35m, conds):
+    """Area conds make the host copy entries (uuid included) between the positive and negative lists."""
+    (neg_area,) = call(host.nodes, "ConditioningSetArea", conditioning=make_conds(host, 3), width=32, height=32, x=0,
+                       y=0, strength=1.0)
+    (neg,) = call(host.nodes, "ConditioningCombine", conditioning_1=conds[1], conditioning_2=neg_area)
+    (pos_area,) = call(host.nodes, "ConditioningSetArea", conditioning=make_conds(host, 4), width=32, height=64, x=32,
+                       y=0, strength=1.0)
+    (pos,) = call(host.nodes, "ConditioningCombine", conditioning_1=conds[0], conditioning_2=pos_area)
+    lat = latent(host)
+    core = core_slg(host, sd35m, (pos, neg), lat, start=0.0, end=1.0)
+    mine = ours(host, sd35m, (pos, neg), lat, start=0.0, end=1.0)
+    assert maxdiff(mine, core) <= TOL
+
+
+def make_conds(host, seed):
+    from testnodes import make_conditioning
+
+    return make_conditioning("sd3", seed)
+
+
 def test_memory_split_falls_back_to_a_separate_pass(host, sd35m, conds):
     """The host runs every cond on its own when memory is short; the skip rows then arrive without
     their positive twin and are computed in full: same result as core under the same pressure."""

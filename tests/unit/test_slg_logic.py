@@ -74,6 +74,19 @@ def test_row_plan_pairs_skip_chunks_with_their_positive_twins_by_uuid():
     assert S.plan_rows(["n", "p1"], skip_map).skip == ()
 
 
+def test_row_plan_never_takes_a_twin_from_another_cond():
+    # The host's area handling copies a negative entry, uuid included, into the positive list, so
+    # the uuid "u" names a negative chunk and a positive chunk; only the positive one is the twin.
+    skip_map = {"s": "u"}
+    plan = S.plan_rows(["s", "u", "u"], skip_map, rows=[2, 0, 1])
+    assert plan.shared_map == {0: 1}
+    plan = S.plan_rows(["s", "u", "u"], skip_map, rows=[2, 1, 0])
+    assert plan.shared_map == {0: 2}
+    # Two positive chunks with the same uuid: ambiguous, so the skip chunk computes its own prefix
+    plan = S.plan_rows(["s", "u", "u"], skip_map, rows=[2, 0, 0])
+    assert plan.shared == () and plan.prefix_run() == [0, 1, 2]
+
+
 def test_segments_merge_contiguous_reads():
     assert S.merge_segments([("out", 0), ("out", 1), ("in", 2)]) == [("out", 0, 2), ("in", 2, 3)]
     assert S.merge_segments([("out", 1), ("out", 0), ("out", 1)]) == [("out", 1, 2), ("out", 0, 2)]
