@@ -261,6 +261,20 @@ def test_sampler_node_equals_guider_through_sampler_custom_advanced(host, sd35m,
     assert maxdiff(via_guider, plain_cfg(host, sd35m, conds, lat)) > 1e-3
 
 
+def test_medium_settings_give_stabilitys_slg(host, sd35m, conds):
+    """The loader's Medium settings + preset "from settings" = Stability's reference SLG."""
+    from sd35wb.presets import recommended_settings
+
+    lat = latent(host)
+    (out,) = call(host.nodes, "SD35WB_SLGSampler", model=sd35m, positive=conds[0], negative=conds[1],
+                  latent_image=lat, seed=5, steps=20, cfg=4.0, sampler_name="euler", scheduler="simple", denoise=1.0,
+                  preset="from settings", layers="1", scale=9.0, start=0.0, end=1.0, gating="sigma",
+                  settings=recommended_settings("medium"), sampling_from_settings=False)
+    ref = reference_step_gated(host, sd35m, conds, lat, [7, 8, 9], 2.5, 0.01, 0.20, 4.0, steps=20)
+    assert maxdiff(out["samples"], ref) <= TOL
+    assert maxdiff(ref, plain_cfg(host, sd35m, conds, lat, steps=20)) > 1e-4
+
+
 def test_large_settings_mean_plain_cfg_with_the_loaders_sampling(host, conds):
     from sd35wb.presets import recommended_settings
 
