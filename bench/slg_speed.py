@@ -2,7 +2,9 @@
 
 Model: SD3.5-Medium-structured MMDiT built in-process (24 joint blocks, MMDiT-X attn2 on blocks
 0-12, RMS qk-norm) at a small width (file detection would tie 24 blocks to the real 2.5B width).
-SLG is active on every step (sigma window 0-100 %), layers 7, 8, 9. Per-step times are the wall
+SLG is active on every step (sigma window 0-100 %), layers 7, 8, 9. Both the process CPU time
+and the wall time of each evaluation are reported; targets are judged on CPU time (one torch
+thread), because on a machine shared with other jobs wall time mostly measures the neighbours. Per-step times are the wall
 time of each model evaluation (a PREDICT_NOISE wrapper; one per euler step), so sampling setup
 and model loading are not counted. The three
 configurations are interleaved (order rotated) over several repeats, so machine noise hits all of
@@ -61,15 +63,15 @@ def load_pack():
 
 
 def run(guider, noise, latent, sampler, sigmas, times: list) -> torch.Tensor:
-    """Sample once, appending the wall time of every model evaluation (the guider's predict_noise,
-    one per euler step) to ``times``: sampling setup and model loading are not counted."""
+    """Sample once, appending (wall, CPU) seconds of every model evaluation (the guider's
+    predict_noise, one per euler step) to ``times``: sampling setup and model loading are not counted."""
     import comfy.model_patcher
     import comfy.patcher_extension
 
     def timed(executor, *args, **kwargs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = executor(*args, **kwargs)
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0, time.process_time() - c0))
         return out
 
     guider.model_options = comfy.model_patcher.create_model_options_clone(guider.model_options)
@@ -81,7 +83,7 @@ def run(guider, noise, latent, sampler, sigmas, times: list) -> torch.Tensor:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
-    ap.add_argument("--repeats", type=int, default=0, help="interleaved repeats (default: 5 at <=512 px, 3 above)")
+    ap.add_argument("--repeats", type=int, default=0, help="interleaved repeats (default: 5 at <=512 px, 2 above)")
     ap.add_argument("--steps", type=int, default=0, help="steps per run (default: 4 at <=512 px, 2 above)")
     ap.add_argument("--depth", type=int, default=1, help="width = 64 x depth (default 1: hidden 64)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("SLG_BENCH_THREADS", "1")),
@@ -98,6 +100,16 @@ def main() -> int:
 
     slg = load_pack()
     model = sd3_model_patcher(num_blocks=24, depth=args.depth)
+    # The host sizes batches with an activation-memory estimate calibrated on the real SD3.5 width
+    # (1536); at this width that estimate is ~24x too big, and at 1024 px it made the host split
+    # the three-cond batch whenever the shared machine's free RAM dipped (ours then runs core's way).
+    # Scale the estimate to the bench model's width (an object patch on the bench model only).
+    real_estimate, width_ratio = model.model.memory_required, (64 * args.depth) / 1536
+
+    def memory_required(input_shape, cond_shapes={}):  # noqa: B006 - the host's signature
+        return real_estimate(input_shape, cond_shapes=cond_shapes) * width_ratio
+
+    model.add_object_patch("memory_required", memory_required)
     pos, neg = make_conditioning("sd3", 1), make_conditioning("sd3", 2)
     core_model = SkipLayerGuidanceSD3.execute(model=model, layers="7, 8, 9", scale=3.0, start_percent=0.0,
                                               end_percent=1.0).result[0]
@@ -122,7 +134,7 @@ def main() -> int:
     kinds = ["cfg", "core", "ours"]
     for size in args.sizes:
         steps = args.steps or (4 if size <= 512 else 2)
-        repeats = args.repeats or (5 if size <= 512 else 3)
+        repeats = args.repeats or (5 if size <= 512 else 2)
         latent = torch.zeros(1, 16, size // 8, size // 8)
         noise = comfy.sample.prepare_noise(latent, 7)
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", steps)
@@ -135,18 +147,21 @@ def main() -> int:
             for kind in order:
                 out = run(guider(kind), noise, latent, sampler, sigmas, times[kind])
                 finals.setdefault(kind, out)
-        med = {k: statistics.median(v) for k, v in times.items()}
         diff = (finals["ours"] - finals["core"]).abs().max().item()
-        r_ours_cfg, r_core_cfg, r_ours_core = med["ours"] / med["cfg"], med["core"] / med["cfg"], med["ours"] / med["core"]
-        good = r_ours_core <= TARGET_OURS_CORE and r_ours_cfg <= TARGET_OURS_CFG and diff <= TOL
-        ok &= good
         print(f"\n{size}x{size}: {repeats} interleaved repeats x {steps} timed steps "
               f"({time.perf_counter() - t_size:.0f} s)")
-        print(f"  median s/step   cfg {med['cfg']:.4f}   core {med['core']:.4f}   ours {med['ours']:.4f}")
-        print(f"  ours/CFG  {r_ours_cfg:.3f}  (target <= {TARGET_OURS_CFG})")
-        print(f"  core/CFG  {r_core_cfg:.3f}")
-        print(f"  ours/core {r_ours_core:.3f}  (target <= {TARGET_OURS_CORE})")
-        print(f"  max |ours - core| on the final latent: {diff:.2e} (tolerance {TOL:g})  {'OK' if good else 'MISSED'}")
+        for label, col in (("CPU", 1), ("wall", 0)):
+            med = {k: statistics.median(t[col] for t in v) for k, v in times.items()}
+            r_ours_cfg, r_core_cfg = med["ours"] / med["cfg"], med["core"] / med["cfg"]
+            r_ours_core = med["ours"] / med["core"]
+            print(f"  {label:4} median s/step  cfg {med['cfg']:.4f}  core {med['core']:.4f}  ours {med['ours']:.4f}"
+                  f"   ours/CFG {r_ours_cfg:.3f} (target <= {TARGET_OURS_CFG})  core/CFG {r_core_cfg:.3f}"
+                  f"  ours/core {r_ours_core:.3f} (target <= {TARGET_OURS_CORE})")
+            if col == 1:
+                good = r_ours_core <= TARGET_OURS_CORE and r_ours_cfg <= TARGET_OURS_CFG and diff <= TOL
+        ok &= good
+        print(f"  max |ours - core| on the final latent: {diff:.2e} (tolerance {TOL:g})")
+        print(f"  {'OK' if good else 'MISSED'} (judged on CPU time: on a shared machine wall time measures the neighbours)")
     print("\n" + MMAP_NOTE)
     print("timings are medians on a shared machine: other load adds noise; rerun if a ratio looks off.")
     return 0 if ok else 1
