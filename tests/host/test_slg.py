@@ -160,6 +160,14 @@ def test_batched_fast_path_equals_separate_pass_and_shares_the_prefix(host, sd35
     assert fast_log.block_rows[12] == [3] * STEPS
 
 
+def test_cfg_one_skips_the_negative_like_core(host, sd35m, conds):
+    lat = latent(host)
+    with ForwardLog(sd35m) as log:
+        mine = ours(host, sd35m, conds, lat, cfg=1.0, start=0.0, end=1.0)
+    assert log.calls == [2] * STEPS  # positive + skip, no negative (the host's cfg-1 shortcut)
+    assert maxdiff(mine, core_slg(host, sd35m, conds, lat, cfg=1.0, start=0.0, end=1.0)) <= TOL
+
+
 def test_batch_of_two_latents_matches_core(host, sd35m, conds):
     lat = latent(host, batch=2)
     core = core_slg(host, sd35m, conds, lat, start=0.0, end=0.5)
@@ -228,6 +236,19 @@ def test_memory_split_falls_back_to_a_separate_pass(host, sd35m, conds):
     assert log.calls == [1, 1, 1] * STEPS, "the host must really have split the batch"
     assert log.block_rows[0] == [1, 1, 1] * STEPS, "the lone skip chunk computes its own prefix"
     assert maxdiff(mine, core) <= TOL
+
+
+def test_chains_other_cond_batch_and_post_cfg_functions(host, sd35m, conds):
+    """A model that already carries a cond-batch function (core SkipLayerGuidanceDiTSimple, which
+    unpacks exactly [cond, uncond]) and a post-CFG function (core CFGZeroStar): both still run."""
+    (m,) = call(host.nodes, "CFGZeroStar", model=sd35m)
+    (m,) = call(host.nodes, "SkipLayerGuidanceDiTSimple", model=m, double_layers="3", single_layers="",
+                start_percent=0.0, end_percent=1.0)
+    lat = latent(host)
+    core = core_slg(host, m, conds, lat, start=0.0, end=1.0)
+    mine = ours(host, m, conds, lat, start=0.0, end=1.0)
+    assert maxdiff(mine, core) <= TOL
+    assert maxdiff(mine, ours(host, sd35m, conds, lat, start=0.0, end=1.0)) > 1e-4, "the other functions had effect"
 
 
 def test_third_party_code_sees_only_cond_and_uncond_indices(host, sd35m, conds):
