@@ -10,7 +10,7 @@ import logging
 import pytest
 import torch
 from helpers import call
-from lcm_helpers import lora_name, populate_hf_cache, write_loras
+from lcm_helpers import populate_hf_cache, write_loras
 from testnodes import make_conditioning
 
 from tools import lcm_fixtures
