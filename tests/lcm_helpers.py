@@ -39,3 +39,48 @@ def populate_hf_cache(cache: Path, repo_id: str, filename: str, src: Path, rev: 
     (repo / "refs" / "main").write_text(rev)
     shutil.copyfile(src, snap / filename)
     return snap / filename
+
+
+def workflow_rule(loras: dict[tuple[str, str, str], str]):
+    """Extra rule for the tiny-model remap of the LCM example workflows (tiny Vega = the SDXL family):
+    the LCM / style LoRAs become the tiny Vega LoRA files, and the patch node's CLIP input goes
+    (the tiny models have no text encoder; prompts become SD35WBTest_Conditioning)."""
+
+    def rule(nid: str, node: dict, family: str) -> None:
+        model = "vega" if family == "sdxl" else "sd15"
+        inp = node["inputs"]
+        if node["class_type"] in ("SD35WB_LCMLoraSampler", "SD35WB_LCMLoraPatch", "SD35WB_LCMStepSweep"):
+            inp["lcm_lora"] = loras[(model, "kohya", "lcm")]
+        if node["class_type"] == "SD35WB_LCMLoraPatch":
+            inp.pop("clip", None)
+            if inp.get("style_lora", "none") != "none":
+                inp["style_lora"] = loras[(model, "peft", "style")]
+
+    return rule
+
+
+def tiny_sdxl(prompt: dict, rule, size: int = 128) -> dict:
+    """The LCM example workflows on the tiny Vega: checkpoint -> UNETLoader + taesdxl, prompts ->
+    SD35WBTest_Conditioning, latents -> ``size`` px; everything else as written."""
+    import copy
+
+    p = copy.deepcopy(prompt)
+    vae_id = str(max(int(k) for k in p) + 1)
+    ckpts = set()
+    for nid, node in list(p.items()):
+        ct = node["class_type"]
+        if ct == "CheckpointLoaderSimple":
+            p[nid] = {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-vega.safetensors", "weight_dtype": "default"}}
+            ckpts.add(nid)
+        elif ct == "CLIPTextEncode":
+            p[nid] = {"class_type": "SD35WBTest_Conditioning",
+                      "inputs": {"family": "sdxl", "seed": len(node["inputs"]["text"]), "width": size, "height": size}}
+        elif ct == "EmptyLatentImage":
+            node["inputs"].update(width=size, height=size)
+        rule(nid, p[nid], "sdxl")
+    p[vae_id] = {"class_type": "VAELoader", "inputs": {"vae_name": "taesdxl"}}
+    for node in p.values():
+        for k, v in node["inputs"].items():
+            if isinstance(v, list) and len(v) == 2 and v[0] in ckpts and v[1] == 2:
+                node["inputs"][k] = [vae_id, 0]
+    return p
