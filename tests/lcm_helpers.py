@@ -16,16 +16,18 @@ def lora_name(model: str, fmt: str, kind: str = "lcm") -> str:
 
 
 def write_loras(tiny_root: Path, user_models: Path) -> dict[tuple[str, str, str], str]:
-    """Every (model, format) LCM LoRA plus a differently seeded "style" LoRA; returns names in loras/."""
+    """Every (model, format) LCM LoRA plus a differently seeded "style" LoRA, and attention-only
+    ("lcmattn", "styleattn") ones that patch fast; returns ``{(model, format, kind): name in loras/}``."""
     out = {}
     for model, (fname, cfg) in MODELS.items():
         for fmt in lcm_fixtures.FORMATS:
-            for kind, seed in (("lcm", 1), ("style", 2)):
+            for kind, seed, targets in (("lcm", 1, "all"), ("style", 2, "all"), ("lcmattn", 1, "attn"),
+                                        ("styleattn", 2, "attn")):
                 name = lora_name(model, fmt, kind)
                 path = user_models / "loras" / name
                 if not path.exists():
                     lcm_fixtures.write_lora(path, tiny_root / "diffusion_models" / fname,
-                                            lcm_fixtures.full_unet_config(cfg), fmt, seed=seed)
+                                            lcm_fixtures.full_unet_config(cfg), fmt, seed=seed, targets=targets)
                 out[(model, fmt, kind)] = name
     return out
 
@@ -43,18 +45,18 @@ def populate_hf_cache(cache: Path, repo_id: str, filename: str, src: Path, rev: 
 
 def workflow_rule(loras: dict[tuple[str, str, str], str]):
     """Extra rule for the tiny-model remap of the LCM example workflows (tiny Vega = the SDXL family):
-    the LCM / style LoRAs become the tiny Vega LoRA files, and the patch node's CLIP input goes
+    the LCM / style LoRAs become the tiny Vega LoRA files (attention-only: quick to patch), and the patch node's CLIP input goes
     (the tiny models have no text encoder; prompts become SD35WBTest_Conditioning)."""
 
     def rule(nid: str, node: dict, family: str) -> None:
         model = "vega" if family == "sdxl" else "sd15"
         inp = node["inputs"]
         if node["class_type"] in ("SD35WB_LCMLoraSampler", "SD35WB_LCMLoraPatch", "SD35WB_LCMStepSweep"):
-            inp["lcm_lora"] = loras[(model, "kohya", "lcm")]
+            inp["lcm_lora"] = loras[(model, "kohya", "lcmattn")]
         if node["class_type"] == "SD35WB_LCMLoraPatch":
             inp.pop("clip", None)
             if inp.get("style_lora", "none") != "none":
-                inp["style_lora"] = loras[(model, "peft", "style")]
+                inp["style_lora"] = loras[(model, "peft", "styleattn")]
 
     return rule
 

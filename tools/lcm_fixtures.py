@@ -28,6 +28,8 @@ FORMATS = ("kohya", "kohya_ldm", "peft", "diffusers")
 # projections, feed-forward, proj_in/out and the resnets' convs and time embedding).
 _TARGET = re.compile(r"(attn[12]\.to_(q|k|v|out\.0)|ff\.net\.0\.proj|ff\.net\.2|proj_in|proj_out|"
                      r"resnets\.\d+\.(conv1|conv2|time_emb_proj))\.weight$")
+# Attention projections only: a much smaller patch, for tests that load the patched Vega often.
+_ATTN_ONLY = re.compile(r"attn[12]\.to_(q|k|v|out\.0)\.weight$")
 
 
 def _header_shapes(model_file: Path) -> dict[str, list[int]]:
@@ -36,8 +38,9 @@ def _header_shapes(model_file: Path) -> dict[str, list[int]]:
 
 
 def lora_state_dict(model_file: Path, unet_config: dict, fmt: str, rank: int = 4, alpha: float = 4.0,
-                    seed: int = 0, scale: float = 0.05, prefix: str = "model.diffusion_model.") -> dict:
-    """A LoRA for every target layer of the UNet in ``model_file`` (LDM keys under ``prefix``)."""
+                    seed: int = 0, scale: float = 0.05, prefix: str = "model.diffusion_model.", targets: str = "all") -> dict:
+    """A LoRA for every target layer of the UNet in ``model_file`` (LDM keys under ``prefix``);
+    ``targets="attn"`` keeps the attention projections only."""
     import comfy.utils
 
     if fmt not in FORMATS:
@@ -46,7 +49,8 @@ def lora_state_dict(model_file: Path, unet_config: dict, fmt: str, rank: int = 4
     g = torch.Generator().manual_seed(seed)
     sd = {}
     for dkey, ldm in sorted(comfy.utils.unet_to_diffusers(unet_config).items()):
-        if not _TARGET.search(dkey) or prefix + ldm not in shapes:
+        target = _TARGET if targets == "all" else _ATTN_ONLY
+        if not target.search(dkey) or prefix + ldm not in shapes:
             continue
         shape = shapes[prefix + ldm]
         out_f, in_rest = shape[0], shape[1:]
