@@ -47,10 +47,12 @@ def _local_loras() -> list[str]:
 
 
 def model_family(model) -> str | None:
+    """SD1.5 / SDXL / SSD-1B / ... from the host's model_config class; other models (SD3, Flux, ...)
+    by their class name, so an LCM-LoRA is refused on them too."""
     cfg = getattr(getattr(model, "model", None), "model_config", None)
     if cfg is None:
         return None
-    return lcm.model_family([c.__name__ for c in type(cfg).__mro__])
+    return lcm.model_family([c.__name__ for c in type(cfg).__mro__]) or type(cfg).__name__
 
 
 def resolve_lora(option: str, model_fam: str | None, input_name: str = "lcm_lora") -> tuple[str, str]:
@@ -61,7 +63,7 @@ def resolve_lora(option: str, model_fam: str | None, input_name: str = "lcm_lora
         if model_fam is not None and known.family != model_fam:
             raise ValueError(f"{input_name}: {known.repo_id} is the LCM-LoRA for {known.family} but the model is "
                              f"{model_fam}; pick " + (f"{lcm.known_for_family(model_fam).option} or 'auto'."
-                                                      if lcm._has_known(model_fam) else "a LoRA trained for this model."))
+                                                      if lcm.has_known(model_fam) else "a LoRA trained for this model."))
         return str(lcm.fetch_known(known)), known.repo_id
     path = folder_paths.get_full_path("loras", option)
     if path is None or not os.path.isfile(path):

@@ -86,7 +86,7 @@ def known_for_family(family: str | None) -> KnownLora:
         if k.family == family:
             return k
     have = ", ".join(f"{k.family} ({k.repo_id})" for k in KNOWN_LCM_LORAS)
-    raise ValueError(f"lcm_lora: no public LCM-LoRA is known for a {family or 'unrecognised'} model; LCM-LoRAs exist "
+    raise ValueError(f"lcm_lora: no public LCM-LoRA is known for {family or 'this'} models; LCM-LoRAs exist "
                      f"for {have}. Pick an LCM-LoRA file trained for this model from the list instead of 'auto'.")
 
 
@@ -207,10 +207,10 @@ def check_lora_matches(lora_info: LoraInfo, model_fam: str | None, lora_label: s
             f"{input_name}: {lora_label} was trained for {lora_info.describe()} but the model is {model_fam}. "
             f"A LoRA for another family loads with hundreds of 'lora key not loaded' lines and draws garbage; "
             f"pick a LoRA trained for {model_fam}" + (f" (for LCM: {known_for_family(model_fam).repo_id})"
-                                                      if _has_known(model_fam) and input_name == "lcm_lora" else "") + ".")
+                                                      if has_known(model_fam) and input_name == "lcm_lora" else "") + ".")
 
 
-def _has_known(family: str | None) -> bool:
+def has_known(family: str | None) -> bool:
     return any(k.family == family for k in KNOWN_LCM_LORAS)
 
 

@@ -60,29 +60,3 @@ def workflow_rule(loras: dict[tuple[str, str, str], str]):
 
     return rule
 
-
-def tiny_sdxl(prompt: dict, rule, size: int = 128) -> dict:
-    """The LCM example workflows on the tiny Vega: checkpoint -> UNETLoader + taesdxl, prompts ->
-    SD35WBTest_Conditioning, latents -> ``size`` px; everything else as written."""
-    import copy
-
-    p = copy.deepcopy(prompt)
-    vae_id = str(max(int(k) for k in p) + 1)
-    ckpts = set()
-    for nid, node in list(p.items()):
-        ct = node["class_type"]
-        if ct == "CheckpointLoaderSimple":
-            p[nid] = {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-vega.safetensors", "weight_dtype": "default"}}
-            ckpts.add(nid)
-        elif ct == "CLIPTextEncode":
-            p[nid] = {"class_type": "SD35WBTest_Conditioning",
-                      "inputs": {"family": "sdxl", "seed": len(node["inputs"]["text"]), "width": size, "height": size}}
-        elif ct == "EmptyLatentImage":
-            node["inputs"].update(width=size, height=size)
-        rule(nid, p[nid], "sdxl")
-    p[vae_id] = {"class_type": "VAELoader", "inputs": {"vae_name": "taesdxl"}}
-    for node in p.values():
-        for k, v in node["inputs"].items():
-            if isinstance(v, list) and len(v) == 2 and v[0] in ckpts and v[1] == 2:
-                node["inputs"][k] = [vae_id, 0]
-    return p

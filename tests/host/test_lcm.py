@@ -213,6 +213,15 @@ def test_wrong_family_on_vega_and_style_lora_mismatch(host, loras, vega):
              style_lora=loras[("sd15", "diffusers", "style")], style_strength=0.8)
 
 
+def test_lcm_lora_on_a_non_unet_model_is_refused(host, loras):
+    (sd3,) = call(host.nodes, "UNETLoader", unet_name="tiny-sd35m.safetensors", weight_dtype="default")
+    with pytest.raises(ValueError, match=r"lcm_lora: .* trained for Segmind Vega but the model is SD3"):
+        call(host.nodes, "SD35WB_LCMLoraPatch", model=sd3, lcm_lora=loras[("vega", "kohya", "lcm")], strength=1.0)
+    with pytest.raises(ValueError, match=r"lcm_lora: no public LCM-LoRA is known for SD3 models"):
+        call(host.nodes, "SD35WB_LCMLoraPatch", model=sd3, lcm_lora="auto (the known LCM-LoRA for the model's family)",
+             strength=1.0)
+
+
 def test_known_lora_for_another_family_is_refused_before_download(host, sd15, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # empty: a download would be attempted next
     with pytest.raises(ValueError, match=r"latent-consistency/lcm-lora-sdxl is the LCM-LoRA for SDXL but the model is SD1.5"):

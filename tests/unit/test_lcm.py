@@ -108,7 +108,7 @@ def test_known_loras_and_auto():
     assert lcm.known_for_family("Segmind Vega").repo_id == "segmind/Segmind-VegaRT"
     assert lcm.known_by_option("hf: latent-consistency/lcm-lora-ssd-1b").family == "SSD-1B"
     assert lcm.known_by_option("my.safetensors") is None
-    with pytest.raises(ValueError, match=r"lcm_lora: no public LCM-LoRA is known for a KOALA-700M model"):
+    with pytest.raises(ValueError, match=r"lcm_lora: no public LCM-LoRA is known for KOALA-700M models"):
         lcm.known_for_family("KOALA-700M")
     opts = lcm.lora_options(["a.safetensors"])
     assert opts[0] == lcm.AUTO and opts[-1] == "a.safetensors" and len(opts) == 6
