@@ -33,35 +33,46 @@ def _font(size: int):
 
 
 def label_height(tile_height: int) -> int:
+    """The default height of the label band above tiles of this height."""
     return max(14, min(48, tile_height // 8))
 
 
-def labelled_strip(images, labels, columns=None) -> Image.Image:
-    """One image: every input as a tile of the first image's size with its label in a band above.
+_default_band = label_height
 
-    ``columns=None`` gives one row (width = n * tile width); otherwise rows of ``columns`` tiles.
-    Labels longer than a tile are shortened from the left ("...ckpt-800") so the step stays visible."""
+
+def labelled_strip(images, labels, columns=None, padding: int = 0, label_height: int | None = None) -> Image.Image:
+    """One image: every input as a tile with its label in a band above it.
+
+    ``columns=None`` gives one row (width = n * tile width with no padding); otherwise rows of
+    ``columns`` tiles. Cells take the largest image's size; a smaller image is centred in its cell.
+    Labels longer than a tile are shortened from the left ("...ckpt-800") so the step stays visible.
+    Images may be PIL images or HxWxC arrays (float 0..1 or uint8)."""
     images = [to_pil(im) for im in images]
     labels = [str(s) for s in labels]
     if not images:
-        raise ValueError("images: nothing to draw; give at least one image")
+        raise ValueError("images: nothing to draw (no images given); give at least one image")
     if len(labels) != len(images):
         raise ValueError(f"labels: {len(labels)} labels for {len(images)} images; give one label per image")
-    tw, th = images[0].size
+    cw, ch = max(im.width for im in images), max(im.height for im in images)
     cols = len(images) if not columns else max(1, min(int(columns), len(images)))
     rows = math.ceil(len(images) / cols)
-    band = label_height(th)
-    out = Image.new("RGB", (cols * tw, rows * (th + band)), BACKGROUND)
+    band = label_height if label_height is not None else _default_band(ch)
+    out = Image.new("RGB", (cols * cw + (cols + 1) * padding if padding else cols * cw,
+                            rows * (ch + band) + (rows + 1) * padding if padding else rows * (ch + band)), BACKGROUND)
     draw = ImageDraw.Draw(out)
     font = _font(max(10, band - 4))
     for i, (im, text) in enumerate(zip(images, labels)):
-        x, y = (i % cols) * tw, (i // cols) * (th + band)
-        if im.size != (tw, th):
-            im = im.resize((tw, th), Image.Resampling.LANCZOS)
-        out.paste(im, (x, y + band))
+        r, c = divmod(i, cols)
+        x, y = padding + c * (cw + padding), padding + r * (ch + band + padding)
+        out.paste(im, (x + (cw - im.width) // 2, y + band + (ch - im.height) // 2))
         shown = text
-        while len(shown) > 1 and draw.textlength(shown, font=font) > tw - 4:
+        while len(shown) > 1 and draw.textlength(shown, font=font) > cw - 4:
             shown = "\u2026" + shown[2:]
         top, bottom = draw.textbbox((0, 0), shown, font=font)[1::2]
         draw.text((x + 2, y + (band - (bottom - top)) // 2 - top), shown, fill=TEXT, font=font)
     return out
+
+
+def step_labels(counts: list[int]) -> list[str]:
+    """["1 step", "2 steps", ...] for the given step counts."""
+    return [f"{n} step" if n == 1 else f"{n} steps" for n in counts]
