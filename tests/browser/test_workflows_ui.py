@@ -41,15 +41,16 @@ RETARGET_JS = """
 
 
 @pytest.fixture(scope="module")
-def a_text_encoder_file(user_models):
-    """Workflows with core text-encoder loaders need some file in text_encoders/ to pick."""
+def placeholder_files(user_models):
+    """Workflows with core checkpoint / text-encoder loaders need some file there to pick; queueing
+    only validates names (the test stops the run), so a tiny placeholder file is enough."""
     import torch
     from safetensors.torch import save_file
 
-    path = user_models / "text_encoders" / "placeholder_te.safetensors"
-    if not path.exists():
-        save_file({"text_model.final_layer_norm.weight": torch.ones(4)}, str(path))
-    return path
+    for folder in ("text_encoders", "checkpoints"):
+        path = user_models / folder / f"placeholder_{folder}.safetensors"
+        if not path.exists():
+            save_file({"placeholder": torch.ones(4)}, str(path))
 
 
 @pytest.mark.parametrize("ui_path", UI, ids=lambda p: p.stem)

@@ -272,4 +272,4 @@ def test_step_sweep_renders_each_count_like_the_sampler(host, loras, sd15):
         assert torch.equal(vae.decode(s), images[n - 1:n])
     assert not torch.equal(images[0], images[2])
     # grid: one row of three 64 px cells under a label band
-    assert grid.shape[0] == 1 and grid.shape[3] == 3 and grid.shape[2] > 3 * 64 and grid.shape[1] > 64
+    assert grid.shape[0] == 1 and grid.shape[3] == 3 and grid.shape[2] == 3 * 64 and grid.shape[1] > 64
