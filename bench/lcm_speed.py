@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -143,6 +144,7 @@ def main() -> None:
     w_base = run(base_m, 1, BASE_CFG, BASE_SAMPLER, BASE_SCHEDULER)
     c_base.calls = c_base.rows = 0
     t_base = run(base_m, BASE_STEPS, BASE_CFG, BASE_SAMPLER, BASE_SCHEDULER)
+    base_counts = (c_base.calls, c_base.rows)
     # LCM again after the baseline (re-patches on load, untimed) so a busy machine's slow spell
     # does not land on one side only: the faster of the two LCM runs counts.
     run(lcm_m, 1, LCM_CFG, "lcm", "sgm_uniform")
@@ -155,9 +157,21 @@ def main() -> None:
     print(f"\n{'':34s}{'UNet calls':>11s}{'evaluations':>13s}{'wall s/image':>14s}")
     print(f"{f'LCM-LoRA {LCM_STEPS} steps, lcm, cfg {LCM_CFG:g}':34s}{c_lcm.calls:>11d}{c_lcm.rows:>13d}{t_lcm:>14.1f}")
     print(f"{f'{BASE_STEPS} steps, {BASE_SAMPLER}, cfg {BASE_CFG:g}':34s}{c_base.calls:>11d}{c_base.rows:>13d}{t_base:>14.1f}")
+    # A shared machine's load swings during one long run, so also time single steps of the same
+    # loaded model alternately: one row per call (cfg 1, as LCM) against two rows (cfg 7), 7 each.
+    one, two = [], []
+    for _ in range(7):
+        one.append(run(base_m, 1, 1.0, BASE_SAMPLER, BASE_SCHEDULER))
+        two.append(run(base_m, 1, BASE_CFG, BASE_SAMPLER, BASE_SCHEDULER))
+    s1, s2 = statistics.median(one), statistics.median(two)
+    c_base.calls, c_base.rows = base_counts  # the table and ratios count the 25-step image only
+    est_lcm, est_base = LCM_STEPS * s1, BASE_STEPS * s2
+    print(f"\ninterleaved single steps (median of 7): cfg 1 {s1:.2f}s, cfg {BASE_CFG:g} {s2:.2f}s per step -> "
+          f"{est_lcm:.1f}s vs {est_base:.1f}s per image")
+
     print(f"\nratio (baseline / LCM): model evaluations {c_base.rows / c_lcm.rows:.1f}x fewer "
-          f"(UNet calls {c_base.calls / c_lcm.calls:.2f}x: cfg > 1 batches positive+negative into one call), "
-          f"wall time {t_base / t_lcm:.1f}x faster")
+          f"(UNet calls {c_base.calls / c_lcm.calls:.2f}x: cfg > 1 batches positive+negative into one call); "
+          f"wall time {t_base / t_lcm:.1f}x faster end to end, {est_base / est_lcm:.1f}x from interleaved steps")
 
 
 if __name__ == "__main__":
