@@ -60,7 +60,7 @@ def main() -> int:
             tiny = tiny_models.build_all()
             roots = {"diffusion_models": [tiny / "diffusion_models"], "vae_approx": [tiny / "vae_approx"]}
             extra = {"sd35wb_testnodes": REPO / "tests" / "testnodes"}
-            prompt = tinyify(prompt, family="sd3", extra_rules=tiny_slg_rules)
+            prompt = tinyify(prompt, family="sd3", max_steps=20, extra_rules=tiny_slg_rules)  # 20: SLG window covers steps 1-3
         cfg = prepare_base(base, roots, extra)
         server = ComfyServer(base, cfg)
         t0 = time.time()
