@@ -2,6 +2,8 @@
 
 import pytest
 
+from tools.demo import tiny_slg_rules
+
 
 @pytest.fixture(scope="session")
 def workflow_fixtures(user_models, training_root, tiny_models):
@@ -12,9 +14,7 @@ def workflow_fixtures(user_models, training_root, tiny_models):
 
     def rules(nid: str, node: dict, family: str) -> None:
         lcm_rule(nid, node, family)
-        if node["class_type"] in ("SD35WB_SLGSampler", "SD35WB_SLGGuider"):
-            node["inputs"].pop("settings", None)
-            node["inputs"].update(preset="custom", layers="1, 2")
+        tiny_slg_rules(nid, node, family)
         if node["class_type"] == "SD35WB_SimpleTunerLink":  # a finished run under the server's training root
             from tools.simpletuner_fixtures import tiny_example_run
 
