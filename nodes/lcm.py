@@ -283,13 +283,9 @@ class LCMStepSweep(io.ComfyNode):
             if img.ndim == 5:  # video VAEs give [B, T, H, W, C]
                 img = img.reshape(-1, *img.shape[-3:])
             images.append(img)
-        grid = grid_mod.labelled_strip([_to_pil(im[0]) for im in images], grid_mod.step_labels(counts),
+        grid = grid_mod.labelled_strip([im[0].float().cpu().numpy() for im in images], grid_mod.step_labels(counts),
                                        columns=4 if len(counts) > 4 else None)
         return io.NodeOutput(torch.cat(images, dim=0), _from_pil(grid))
-
-
-def _to_pil(img: torch.Tensor) -> Image.Image:
-    return Image.fromarray(np.clip(255.0 * img.detach().float().cpu().numpy(), 0, 255).astype(np.uint8))
 
 
 def _from_pil(im: Image.Image) -> torch.Tensor:
