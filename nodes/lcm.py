@@ -283,7 +283,7 @@ class LCMStepSweep(io.ComfyNode):
             if img.ndim == 5:  # video VAEs give [B, T, H, W, C]
                 img = img.reshape(-1, *img.shape[-3:])
             images.append(img)
-        grid = grid_mod.labelled_strip([im[0].float().cpu().numpy() for im in images], grid_mod.step_labels(counts),
+        grid = grid_mod.labelled_strip([im[0].detach().float().cpu().numpy() for im in images], grid_mod.step_labels(counts),
                                        columns=4 if len(counts) > 4 else None)
         return io.NodeOutput(torch.cat(images, dim=0), _from_pil(grid))
 
