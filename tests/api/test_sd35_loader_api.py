@@ -34,9 +34,20 @@ def loader(**kw) -> dict:
     return {"class_type": "SD35WB_SD35Loader", "inputs": inputs}
 
 
-def test_loader_samples_and_decodes_with_its_vae(server):
+def diffusers_model(tiny_models, user_models) -> str:
+    """SimpleTuner's layout: transformer/diffusion_pytorch_model.safetensors, linked into diffusion_models."""
+    name = "sd35wb-api-diffusers-layout.safetensors"
+    dest = user_models / "diffusion_models" / name
+    if not dest.exists():
+        dest.symlink_to(tiny_models / "diffusers" / "tiny-sd35m" / "transformer" / "diffusion_pytorch_model.safetensors")
+    return name
+
+
+@pytest.mark.parametrize("layout", ["single-file", "diffusers"])
+def test_loader_samples_and_decodes_with_its_vae(server, tiny_models, user_models, layout):
+    name = "tiny-sd35m.safetensors" if layout == "single-file" else diffusers_model(tiny_models, user_models)
     prompt = {
-        "1": loader(),
+        "1": loader(model_name=name),
         "2": {"class_type": "SD35WBTest_Conditioning", "inputs": {"family": "sd3", "seed": 1, "width": 128, "height": 128}},
         "3": {"class_type": "SD35WBTest_Conditioning", "inputs": {"family": "sd3", "seed": 2, "width": 128, "height": 128}},
         "4": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
@@ -44,7 +55,7 @@ def test_loader_samples_and_decodes_with_its_vae(server):
                                                     "latent_image": ["4", 0], "seed": 5, "steps": 3, "cfg": 4.0,
                                                     "sampler_name": "euler", "scheduler": "sgm_uniform", "denoise": 1.0}},
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "sd35wb_loader_api"}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": f"sd35wb_loader_api_{layout}"}},
     }
     imgs = server.images(server.run(prompt))
     assert len(imgs) == 1
