@@ -3,9 +3,10 @@
 ComfyUI builds its CLIP text models from fixed configs, so a text-encoder file cannot be made
 small: this writes a CLIP-L (``comfy/sd1_clip_config.json``: hidden 768, 12 layers, about 123M
 parameters, 246 MB in fp16) with deterministic random weights, cached between runs in a folder
-keyed by this file's content (next to the tiny models). CLIP-G (1.4 GB) and T5-XXL (9.5 GB) are
-left out to keep the test suite inside its time budget; the loader's tests use CLIP-L alone
-(ComfyUI's SD3 text encoder pads the missing encoders with zeros, as SD3.5 itself allows).
+keyed by this file's content (next to the tiny models). A CLIP-G (``clip_config_bigg.json``: hidden
+1280, 32 layers, about 695M parameters, 1.4 GB in fp16) is built the same way for the test of all
+three slots. T5-XXL (9.5 GB) is left out to keep the test suite inside its time budget (ComfyUI's
+SD3 text encoder pads a missing encoder with zeros, as SD3.5 itself allows).
 
 Needs ``comfy`` importable (the host on ``sys.path``).
 """
@@ -46,6 +47,28 @@ def clip_l_file() -> Path:
     if not path.exists():
         sd = {k: v.contiguous() for k, v in build_clip_l().state_dict().items()}
         _atomic_save(sd, path, {"sd35wb_fixture": "random CLIP-L"})
+    return path
+
+
+def build_clip_g(seed: int = 6, dtype=torch.float16):
+    """ComfyUI's CLIP-G (bigG) text model, with its text projection, with random weights."""
+    import comfy.ops
+    from comfy import sdxl_clip
+
+    m = sdxl_clip.SDXLClipG(device="cpu", dtype=torch.float32,
+                            model_options={"custom_operations": comfy.ops.disable_weight_init})
+    _randomise(m.transformer, seed)
+    return m.transformer.to(dtype)
+
+
+def clip_g_file() -> Path:
+    """Path of a cached random CLIP-G ``clip_g.safetensors`` (keys ``text_model.*`` + ``text_projection``)."""
+    path = cache_root() / "text_encoders" / "clip_g.safetensors"
+    if not path.exists():
+        model = build_clip_g()
+        sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+        del model
+        _atomic_save(sd, path, {"sd35wb_fixture": "random CLIP-G"})
     return path
 
 

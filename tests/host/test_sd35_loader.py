@@ -22,6 +22,7 @@ from sd35wb import presets
 
 LOADER = "SD35WB_SD35Loader"
 CLIP_L = "sd35wb-test-clip_l.safetensors"
+CLIP_G = "sd35wb-test-clip_g.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,7 @@ def files(host, user_models):
 
     te, dm, ck = user_models / "text_encoders", user_models / "diffusion_models", user_models / "checkpoints"
     _link(sd35_fixtures.clip_l_file(), te / CLIP_L)
+    _link(sd35_fixtures.clip_g_file(), te / CLIP_G)
     # key names (and widths, in the headers) of real CLIP-G / T5-XXL files, with tiny matrices
     write(te / "sd35wb-fake-clip_g.safetensors", clip_keys(32, 1280))
     write(te / "sd35wb-fake-t5.safetensors", t5_keys(24, 4096))
@@ -173,6 +175,26 @@ def test_clip_l_encodes_like_core_sd3_clip(host, files):
     assert cond[0][0].shape == (1, 77, 4096) and cond[0][1]["pooled_output"].shape == (1, 2048)
     assert torch.equal(cond[0][0], ref[0][0]) and torch.equal(cond[0][1]["pooled_output"], ref[0][1]["pooled_output"])
     assert cond[0][0][..., :768].abs().sum() > 0 and cond[0][0][..., 768:].abs().sum() == 0  # CLIP-L only
+
+
+def test_clip_l_and_clip_g_encode_like_core_dual_clip_loader(host, files):
+    """Two real-size (random) encoders in their slots, T5 none: the same conditioning as core's
+    DualCLIPLoader(sd3), with CLIP-L and CLIP-G both contributing and T5's part zero."""
+    _, clip, _, _ = load(host, clip_l=CLIP_L, clip_g=CLIP_G)
+    (cond,) = call(host.nodes, "CLIPTextEncode", clip=clip, text="a lighthouse at dusk")
+    (ref_clip,) = call(host.nodes, "DualCLIPLoader", clip_name1=CLIP_L, clip_name2=CLIP_G, type="sd3", device="default")
+    (ref,) = call(host.nodes, "CLIPTextEncode", clip=ref_clip, text="a lighthouse at dusk")
+    assert torch.equal(cond[0][0], ref[0][0]) and torch.equal(cond[0][1]["pooled_output"], ref[0][1]["pooled_output"])
+    c = cond[0][0]
+    assert c.shape == (1, 77, 4096)
+    assert c[..., :768].abs().sum() > 0 and c[..., 768:2048].abs().sum() > 0 and c[..., 2048:].abs().sum() == 0
+    pooled = cond[0][1]["pooled_output"]
+    assert pooled[:, :768].abs().sum() > 0 and pooled[:, 768:].abs().sum() > 0  # CLIP-L + CLIP-G pooled
+
+
+def test_clip_g_in_the_clip_l_slot_is_refused(host, files):
+    with pytest.raises(ValueError, match=r"clip_l: .*CLIP-G"):
+        load(host, clip_l=CLIP_G)
 
 
 def test_vae_from_checkpoint(host, files):
