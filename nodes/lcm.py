@@ -17,11 +17,9 @@ import comfy.sd
 import comfy.utils
 import folder_paths
 import nodes as host_nodes
-import numpy as np
 import torch
 from comfy_api.latest import io
 from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
-from PIL import Image
 
 from ..sd35wb import grid as grid_mod
 from ..sd35wb import lcm
@@ -285,11 +283,9 @@ class LCMStepSweep(io.ComfyNode):
             images.append(img)
         grid = grid_mod.labelled_strip([im[0].detach().float().cpu().numpy() for im in images], grid_mod.step_labels(counts),
                                        columns=4 if len(counts) > 4 else None)
-        return io.NodeOutput(torch.cat(images, dim=0), _from_pil(grid))
+        return io.NodeOutput(torch.cat(images, dim=0), torch.from_numpy(grid_mod.to_array(grid))[None])
 
 
-def _from_pil(im: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)[None]
 
 
 NODES = [LCMLoraSampler, LCMLoraPatch, LCMStepSweep]

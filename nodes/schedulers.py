@@ -19,7 +19,7 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io, ui
 
-from ..sd35wb import sigma_plot, sigmas
+from ..sd35wb import grid, sigma_plot, sigmas
 
 LOG = logging.getLogger("sd35-workbench")
 CATEGORY = "SD3.5 Workbench/schedulers"
@@ -74,7 +74,7 @@ def core_schedule(model, scheduler: str, steps: int):
 
 def plot_tensor(series: list[sigma_plot.Series], title: str) -> torch.Tensor:
     img = sigma_plot.render(series, title)
-    return torch.from_numpy(sigma_plot.to_array(img))[None]
+    return torch.from_numpy(grid.to_array(img))[None]
 
 
 def preview_ui(image: torch.Tensor, cls) -> ui.PreviewImage:

@@ -20,7 +20,6 @@ import comfy.samplers
 import comfy.sd
 import comfy.utils
 import folder_paths
-import numpy as np
 import torch
 from comfy_api.latest import io
 
@@ -245,7 +244,7 @@ class CheckpointSweep(io.ComfyNode):
             LOG.info("[sd35-workbench] sweep %d/%d: %s", i + 1, len(names), name)
         labels = sweep.labels_for(names)
         strip = grid.labelled_strip([im[0].numpy() for im in images], labels, columns or None)  # first of each batch
-        strip_t = torch.from_numpy(np.asarray(strip, dtype=np.float32) / 255.0)[None]
+        strip_t = torch.from_numpy(grid.to_array(strip))[None]
         return io.NodeOutput(torch.cat(images, dim=0), strip_t, "\n".join(labels))
 
 

@@ -25,6 +25,11 @@ def to_pil(image) -> Image.Image:
     return Image.fromarray(arr[..., :3], "RGB")
 
 
+def to_array(image: Image.Image) -> np.ndarray:
+    """H x W x 3 float32 in [0, 1]: ComfyUI's IMAGE layout without the batch axis (inverse of to_pil)."""
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
 def _font(size: int):
     try:
         return ImageFont.load_default(size=size)

@@ -147,7 +147,3 @@ def render(series: Sequence[Series], title: str = "", width: int = 768, height: 
     d.text((x1 - 8 - _text_w(d, note, f_small), y1 - 26), note, fill=FG, font=f_small)
     return img
 
-
-def to_array(img: Image.Image) -> np.ndarray:
-    """H x W x 3 float32 in [0, 1] (ComfyUI's IMAGE layout without the batch axis)."""
-    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
