@@ -93,9 +93,11 @@ def training_root(tmp_path_factory) -> Path:
 
 
 def model_roots(root: Path, user: Path) -> dict[str, list[Path]]:
+    from tools.tiny_models import model_dirs
+
     roots = {f: [user / f] for f in USER_MODEL_FOLDERS}
-    roots["diffusion_models"].append(root / "diffusion_models")
-    roots["vae_approx"] = [root / "vae_approx"]
+    for folder, paths in model_dirs(root).items():
+        roots.setdefault(folder, []).extend(paths)
     return roots
 
 

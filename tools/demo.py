@@ -58,7 +58,7 @@ def main() -> int:
             print("[demo] no real SD3.5 weights found: running on tiny random-weight models (the images are noise).")
             print("[demo] for real pictures: SD35WB_MODELS=/path/to/ComfyUI/models make demo")
             tiny = tiny_models.build_all()
-            roots = {"diffusion_models": [tiny / "diffusion_models"], "vae_approx": [tiny / "vae_approx"]}
+            roots = tiny_models.model_dirs(tiny)
             extra = {"sd35wb_testnodes": REPO / "tests" / "testnodes"}
             prompt = tinyify(prompt, family="sd3", max_steps=20, extra_rules=tiny_slg_rules)  # 20: SLG window covers steps 1-3
         cfg = prepare_base(base, roots, extra)

@@ -259,9 +259,9 @@ def build_all(root: Path | None = None) -> Path:
     return root
 
 
-def model_dirs(root: Path) -> dict[str, Path]:
-    """ComfyUI folder name -> folder inside ``root``, for ``folder_paths.add_model_folder_path``."""
-    return {"diffusion_models": root / "diffusion_models", "vae_approx": root / "vae_approx"}
+def model_dirs(root: Path) -> dict[str, list[Path]]:
+    """ComfyUI folder name -> folders inside ``root`` (the shape ``tools.comfy_server.prepare_base`` takes)."""
+    return {"diffusion_models": [root / "diffusion_models"], "vae_approx": [root / "vae_approx"]}
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from helpers import sd3_txt2img
 
 from tools.comfy_server import ComfyServer, PromptFailed, prepare_base
 from tools.simpletuner_fixtures import tiny_example_run
+from tools.tiny_models import model_dirs
 
 
 def make_read_only(folder):
@@ -31,7 +32,7 @@ def read_only_server(tmp_path_factory, tiny_models, server):
         d = base / "models" / name
         d.mkdir(parents=True)
         undo.append(make_read_only(d))
-    cfg = prepare_base(base, {"diffusion_models": [tiny_models / "diffusion_models"], "vae_approx": [tiny_models / "vae_approx"]},
+    cfg = prepare_base(base, model_dirs(tiny_models),
                        {"sd35wb_testnodes": TESTS / "testnodes"})
     srv = ComfyServer(base, cfg).start()
     yield srv, base
