@@ -11,12 +11,12 @@ Nothing here imports torch or ComfyUI: the safetensors header is read as JSON.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import safetensors_header
 
 # ---------------------------------------------------------------------------------------------
 # Families
@@ -114,21 +114,11 @@ def check_steps(steps: int, name: str = "steps") -> int:
 
 
 def read_safetensors_header(path: str | os.PathLike) -> dict[str, dict]:
-    """The tensor entries of a .safetensors file: ``{name: {"dtype", "shape", ...}}`` (metadata dropped)."""
-    p = Path(path)
-    with open(p, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise ValueError(f"{p.name} is not a safetensors file (shorter than its 8-byte header length)")
-        (n,) = struct.unpack("<Q", raw)
-        if n > 100 * 1024 * 1024:
-            raise ValueError(f"{p.name} is not a safetensors file (header length {n} is implausible)")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{p.name} is not a safetensors file (its header is not JSON: {e})") from e
-    header.pop("__metadata__", None)
-    return header
+    """The tensor entries of a complete .safetensors file: ``{name: {"dtype", "shape", ...}}``.
+
+    The pack's one strict reader: a truncated LoRA fails here, naming the file, not later inside
+    the host's loader."""
+    return dict(safetensors_header.read_header(path).tensors)
 
 
 _TBLOCK = re.compile(r"(down_blocks|input_blocks|mid_block|middle_block|up_blocks|output_blocks)_.*?transformer_blocks_(\d+)_")

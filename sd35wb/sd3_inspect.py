@@ -4,8 +4,8 @@ Used by the SD3.5 loader to check every file *before* the host loads it, so a wr
 a message that names the file and what was expected instead of a stack trace from deep inside
 the host:
 
-* :func:`read_header` parses the safetensors header (8-byte little-endian length + JSON) and
-  checks that the file is long enough for every tensor it lists (a truncated download fails here).
+* :func:`read_header` reads the header with the pack's one strict reader
+  (``safetensors_header``) and words its errors for a loader input (a truncated download fails here).
 * :func:`inspect_model` classifies a diffusion-model file: ComfyUI single-file
   (``model.diffusion_model.joint_blocks.N...`` or bare ``joint_blocks.N...``), diffusers layout
   (``transformer_blocks.N...``, e.g. SimpleTuner's ``transformer/diffusion_pytorch_model.safetensors``)
@@ -23,20 +23,11 @@ Plain module: imports no torch / ComfyUI.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
-
-# Bytes per element of each safetensors dtype (for the "is the file long enough" check).
-_DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
-    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "F4": 0.5, "F6_E2M3": 0.75,
-    "F6_E3M2": 0.75,
-}
+from . import safetensors_header as st
 
 COMFY_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -76,63 +67,18 @@ def read_header(path: str, what: str = "file") -> Header:
     if not os.path.exists(path):
         raise ModelFileError(f"{what}: {path} does not exist")
     ext = os.path.splitext(path)[1].lower()
-    if ext in (".ckpt", ".pt", ".pth", ".bin", ".pkl"):
+    if ext in st.PICKLE_SUFFIXES:
         raise ModelFileError(
             f"{what}: {name} is a {ext} file (a Python pickle, which can run code when loaded); this pack "
             "only loads .safetensors. Download the .safetensors version of the model.")
-    size = os.path.getsize(path)
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ModelFileError(f"{what}: {name} is not a safetensors file ({size} bytes, too short for a header); "
-                                     "expected a .safetensors model file. Download it again.")
-            n = int.from_bytes(head, "little")
-            first = f.read(1)
-            if first != b"{":
-                kind = ""
-                if head.startswith(b"PK"):
-                    kind = " (it is a zip archive: a PyTorch .ckpt/.pt pickle renamed?)"
-                elif head[:1] == b"\x80":
-                    kind = " (it is a Python pickle renamed?)"
-                raise ModelFileError(f"{what}: {name} is not a safetensors file{kind}; expected a .safetensors "
-                                     "model file.")
-            if n > MAX_HEADER_BYTES or n > size - 8:
-                if n <= MAX_HEADER_BYTES:
-                    raise ModelFileError(
-                        f"{what}: {name} is truncated: its header says {n} bytes but the file has only {size - 8} "
-                        "after the length field (an interrupted download?). Download it again.")
-                raise ModelFileError(f"{what}: {name} is not a safetensors file (no valid header); expected a "
-                                     ".safetensors model file.")
-            raw = first + f.read(n - 1)
-    except OSError as e:
-        raise ModelFileError(f"{what}: cannot read {path}: {e}") from e
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-        if not isinstance(doc, dict):
-            raise ValueError("header is not an object")
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ModelFileError(f"{what}: {name} is not a safetensors file (header is not valid JSON: {e}); expected "
-                             "a .safetensors model file.") from e
-    metadata = doc.pop("__metadata__", None) or {}
-    tensors: dict[str, Tensor] = {}
-    data_len = size - 8 - n
-    end_max = 0
-    for key, info in doc.items():
-        try:
-            dtype, shape, (start, end) = info["dtype"], tuple(int(s) for s in info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelFileError(f"{what}: {name} is not a valid safetensors file (bad entry for {key!r}).") from e
-        tensors[key] = Tensor(dtype, shape)
-        end_max = max(end_max, int(end))
-        per = _DTYPE_BYTES.get(dtype)
-        if per is not None and int(end) - int(start) != math.ceil(math.prod(shape) * per):
-            raise ModelFileError(f"{what}: {name} is not a valid safetensors file (tensor {key!r} has the wrong size).")
-    if end_max > data_len:
-        raise ModelFileError(
-            f"{what}: {name} is truncated: its tensors need {end_max} bytes of data but the file holds {data_len} "
-            "(an interrupted download?). Download it again.")
-    return Header(path, tensors, metadata if isinstance(metadata, dict) else {})
+        h = st.read_header(path)
+    except st.SafetensorsError as e:
+        hint = " Download it again." if e.kind in ("truncated", "short") else \
+            " Expected a .safetensors model file." if e.kind in ("not_json", "too_large") else ""
+        raise ModelFileError(f"{what}: {e}.{hint}") from e
+    tensors = {k: Tensor(v["dtype"], tuple(v["shape"])) for k, v in h.tensors.items()}
+    return Header(path, tensors, {k: v for k, v in h.metadata.items() if isinstance(v, str)})
 
 
 # ---------------------------------------------------------------------------------------------

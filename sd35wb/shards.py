@@ -15,95 +15,18 @@ diffusers' sharded layout (``save_pretrained(max_shard_size=...)``; SimpleTuner'
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-# Bytes per element for every dtype the safetensors format names.
-DTYPE_SIZES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
-}
-MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's own limit
+from . import safetensors_header as st
+
 COPY_CHUNK = 8 * 1024 * 1024
 
-
-class SafetensorsError(ValueError):
-    """A file is not a complete, well-formed safetensors file."""
-
-
-@dataclass(frozen=True)
-class Header:
-    path: Path
-    tensors: dict  # name -> {"dtype", "shape", "data_offsets"}
-    metadata: dict
-    data_start: int  # absolute file offset of the data section
-    data_size: int  # bytes the header says the data section holds
-    file_size: int
-
-    @property
-    def complete(self) -> bool:
-        return self.file_size == self.data_start + self.data_size
-
-
-def read_header(path: str | os.PathLike) -> Header:
-    """Parse and check a safetensors header; raise SafetensorsError naming what is wrong.
-
-    Checks the header length, the JSON, each tensor's dtype, shape and byte range (size equals
-    the element count times the dtype size, ranges inside the data section) and, last, that the
-    file holds the whole data section (a truncated or still-being-written file fails here)."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            file_size = os.fstat(f.fileno()).st_size
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise SafetensorsError(f"{path}: {file_size} bytes is too short to be a safetensors file (truncated?)")
-            (n,) = struct.unpack("<Q", raw)
-            if n > MAX_HEADER or 8 + n > file_size:
-                raise SafetensorsError(f"{path}: header length {n} does not fit in a {file_size}-byte file "
-                                       "(truncated, still being written, or not safetensors)")
-            blob = f.read(n)
-    except OSError as e:
-        raise SafetensorsError(f"{path}: cannot read: {e}") from e
-    try:
-        doc = json.loads(blob)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SafetensorsError(f"{path}: header is not valid JSON ({e})") from e
-    if not isinstance(doc, dict):
-        raise SafetensorsError(f"{path}: header is not a JSON object")
-    metadata = doc.pop("__metadata__", None) or {}
-    end = 0
-    for name, info in doc.items():
-        try:
-            dtype, shape, (begin, stop) = info["dtype"], info["shape"], info["data_offsets"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise SafetensorsError(f"{path}: tensor {name!r} has a malformed entry {info!r}") from e
-        if dtype not in DTYPE_SIZES:
-            raise SafetensorsError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
-        want = math.prod(shape) * DTYPE_SIZES[dtype]
-        if not (0 <= begin <= stop) or stop - begin != want:
-            raise SafetensorsError(f"{path}: tensor {name!r} ({dtype} {shape}) spans bytes {begin}..{stop}, "
-                                   f"expected {want} bytes")
-        end = max(end, stop)
-    h = Header(path, doc, metadata, 8 + n, end, file_size)
-    if not h.complete:
-        raise SafetensorsError(f"{path}: holds {file_size} bytes but its header describes "
-                               f"{h.data_start + h.data_size}; the file is truncated or still being written")
-    return h
-
-
-def is_complete_safetensors(path: str | os.PathLike) -> tuple[bool, str]:
-    """(True, "") for a complete file, else (False, why)."""
-    try:
-        read_header(path)
-    except SafetensorsError as e:
-        return False, str(e)
-    return True, ""
+# One header reader for the whole pack (sd35wb/safetensors_header.py); re-exported for callers here.
+Header, SafetensorsError, read_header = st.Header, st.SafetensorsError, st.read_header
+is_complete_safetensors = st.is_complete
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,17 +108,20 @@ def _plan_merge(index_path: Path):
                                f"(first: {missing[0]!r})")
     items = [(name, headers[wm[name]].tensors[name], headers[wm[name]]) for name in wm]
     # Widest dtypes first, then by name, like the safetensors writer: every tensor stays aligned.
-    items.sort(key=lambda it: (-DTYPE_SIZES[it[1]["dtype"]], it[0]))
+    items.sort(key=lambda it: (-st.DTYPE_BITS[it[1]["dtype"]], it[0]))
     return items, headers
 
 
-def merge_shards(index_path: str | os.PathLike, dest: str | os.PathLike, chunk: int = COPY_CHUNK) -> MergeResult:
+def merge_shards(index_path: str | os.PathLike, dest: str | os.PathLike, chunk: int = COPY_CHUNK,
+                 work: str | os.PathLike | None = None) -> MergeResult:
     """Merge a sharded safetensors checkpoint into one file at ``dest``.
 
     Tensor bytes are copied range by range from the shards (no decoding, ``chunk`` bytes at a
     time), into ``dest`` + a temporary suffix; the result is re-read and checked against the
     index (every tensor exactly once, same dtype, shape and byte size), then renamed into place.
-    On any error the temporary file is removed and ``dest`` is left as it was."""
+    On any error the temporary file is removed and ``dest`` is left as it was. ``work`` names the
+    temporary file (the linker records it before the merge starts, so a kill leaves nothing
+    unaccounted for); by default a name unique to this process and call."""
     index_path, dest = Path(index_path), Path(dest)
     items, headers = _plan_merge(index_path)
     header: dict = {}
@@ -210,7 +136,7 @@ def merge_shards(index_path: str | os.PathLike, dest: str | os.PathLike, chunk: 
         meta = {**{k: v for k, v in first_meta.items() if isinstance(v, str)}, **meta}
     blob = json.dumps({"__metadata__": meta, **header}, separators=(",", ":")).encode()
     blob += b" " * (-(8 + len(blob)) % 8)  # data section starts 8-byte aligned
-    tmp = dest.with_name(f".{dest.name}.sd35wb-merging-{os.getpid()}")
+    tmp = Path(work) if work is not None else dest.with_name(f".{dest.name}.sd35wb-merging-{os.getpid()}-{os.urandom(4).hex()}")
     largest = 0
     try:
         with open(tmp, "wb") as out:
@@ -245,7 +171,8 @@ def merge_shards(index_path: str | os.PathLike, dest: str | os.PathLike, chunk: 
             got = merged.tensors[name]
             if got["dtype"] != info["dtype"] or list(got["shape"]) != list(info["shape"]):
                 raise SafetensorsError(f"{tmp}: {name!r} came out as {got['dtype']} {got['shape']}")
-        os.replace(tmp, dest)
+        if tmp != dest:
+            os.replace(tmp, dest)
     except BaseException:
         try:
             os.unlink(tmp)
