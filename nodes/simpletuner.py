@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 
 import comfy.model_management
 import comfy.sample
@@ -26,15 +25,13 @@ from comfy_api.latest import io
 from ..sd35wb import grid, linker, simpletuner, sweep
 
 LOG = logging.getLogger("sd35-workbench")
-_SYNC_LOCK = threading.Lock()  # the node and the route may sync the same run at once
-ROOTS_ENV = "SD35WB_TRAINING_ROOTS"
+ROOTS_ENV = linker.ROOTS_ENV
 WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
 
 
-def host_model_dirs() -> dict[str, str]:
-    """The host's first diffusion_models and loras folders: the only places a sync writes to."""
-    return {simpletuner.DIFFUSION_MODELS: folder_paths.get_folder_paths("diffusion_models")[0],
-            simpletuner.LORAS: folder_paths.get_folder_paths("loras")[0]}
+def host_destinations() -> linker.Destinations:
+    """Where a sync writes on this host: linker.destinations' rule, the same as the CLI's."""
+    return linker.destinations(folder_paths.get_folder_paths("diffusion_models"), folder_paths.get_folder_paths("loras"))
 
 
 def refresh_host_lists() -> None:
@@ -50,8 +47,9 @@ def refresh_host_lists() -> None:
 
 
 def run_sync(output_dir: str, run: str | None, include, copy: bool = False) -> linker.Report:
-    with _SYNC_LOCK:
-        report = linker.sync(output_dir, run or None, host_model_dirs(), include, copy=copy)
+    """The node's and the route's sync: the linker's one rule (training roots, names, lock)."""
+    report = linker.sync(output_dir, run or None, host_destinations(), include, copy=copy,
+                         roots=os.environ.get(linker.ROOTS_ENV, ""))
     if report.changed:
         refresh_host_lists()
     LOG.info("[sd35-workbench] SimpleTuner sync %s: %d linked, %d pruned, %d skipped", report.run,
@@ -99,8 +97,9 @@ class SimpleTunerLink(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, output_dir: str, run: str, full: bool, ema: bool, lora: bool, final: bool):
         """Re-run when the training run changes (a new or rotated checkpoint), not on every queue."""
-        try:
-            scan = simpletuner.scan(output_dir, run or None)
+        try:  # nothing outside the training roots is even scanned
+            out = linker.authorize(output_dir.strip(), os.environ.get(linker.ROOTS_ENV, ""))
+            scan = simpletuner.scan(out, run.strip() or None)
         except (ValueError, OSError) as e:
             return f"error: {e}"
         sig = []
@@ -119,14 +118,7 @@ class SimpleTunerLink(io.ComfyNode):
             raise ValueError("SimpleTuner Linker: full, ema, lora and final are all off; switch on at least one")
         if not output_dir.strip():
             raise ValueError("output_dir: empty; give SimpleTuner's --output_dir of the run")
-        out_dir = output_dir.strip()
-        roots = os.environ.get(ROOTS_ENV, "")
-        if roots.strip():  # the same rule as the route: anyone who can queue a prompt can run this node
-            try:
-                out_dir = str(simpletuner.resolve_training_dir(out_dir, roots))
-            except PermissionError as e:
-                raise ValueError(f"{e} ({ROOTS_ENV} is set, so only runs under it are linked)") from e
-        report = run_sync(out_dir, run.strip() or None, include)
+        report = run_sync(output_dir.strip(), run.strip() or None, include)
         dm = report.exposed.get(simpletuner.DIFFUSION_MODELS, [])
         lo = report.exposed.get(simpletuner.LORAS, [])
         return io.NodeOutput("\n".join(dm), "\n".join(lo), report.text())
@@ -258,33 +250,34 @@ NODES = [SimpleTunerLink, CheckpointSweep]
 def register_routes(server) -> None:
     from aiohttp import web
 
+    def error(message: str, field: str | None, status: int = 400):
+        return web.json_response({"error": message, "field": field}, status=status)
+
     @server.routes.post("/sd35wb/simpletuner/sync")
     async def simpletuner_sync(request):
         try:
             body = await request.json()
         except Exception:  # noqa: BLE001 - any unparsable body is the client's error
-            return web.json_response({"error": "body must be JSON: {\"output_dir\": ..., \"run\": ...}"}, status=400)
-        if not isinstance(body, dict) or not isinstance(body.get("output_dir"), str) or not body["output_dir"].strip():
-            return web.json_response({"error": "output_dir (a string) is required"}, status=400)
+            return error("body must be JSON: {\"output_dir\": ..., \"run\": ...}", None)
+        if not isinstance(body, dict):
+            return error("body must be a JSON object: {\"output_dir\": ..., \"run\": ...}", None)
+        if not isinstance(body.get("output_dir"), str) or not body["output_dir"].strip():
+            return error("output_dir (a string) is required", "output_dir")
         run = body.get("run") or None
         if run is not None and not isinstance(run, str):
-            return web.json_response({"error": "run must be a string"}, status=400)
+            return error("run must be a string", "run")
         include = body.get("include", list(simpletuner.CATEGORIES))
-        try:
-            include = simpletuner.parse_include(include)
-            if run:
-                simpletuner.check_run_name(run)
-        except (ValueError, TypeError) as e:
-            return web.json_response({"error": str(e)}, status=400)
-        try:
-            out_dir = simpletuner.resolve_training_dir(body["output_dir"], os.environ.get(ROOTS_ENV, ""))
-        except PermissionError as e:
-            return web.json_response({"error": str(e)}, status=403)
-        except ValueError as e:
-            return web.json_response({"error": str(e)}, status=400)
+        if not isinstance(include, (str, list)) or (isinstance(include, list) and
+                                                     not all(isinstance(i, str) for i in include)):
+            return error("include must be a comma list or a list of full, ema, lora, final", "include")
         loop = asyncio.get_running_loop()
-        try:
-            report = await loop.run_in_executor(None, run_sync, str(out_dir), run, include)
+        try:  # every check (names, roots, lock) is the linker's, the same as the node's and the CLI's
+            report = await loop.run_in_executor(None, run_sync, body["output_dir"], run, include)
+        except linker.LinkError as e:
+            return error(str(e), e.field, e.status)
         except ValueError as e:
-            return web.json_response({"error": str(e)}, status=409)
+            return error(str(e), "include" if str(e).startswith("include") else None)
+        except OSError as e:  # the file system failed mid-sync: not the client's input; the manifest stays true
+            LOG.exception("[sd35-workbench] SimpleTuner sync failed")
+            return error(f"the sync failed ({e}); links made so far are recorded: sync again", None, 500)
         return web.json_response(report.as_dict())

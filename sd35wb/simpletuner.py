@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import shards
+from . import names, shards
 
 CATEGORIES = ("full", "ema", "lora", "final")
 DIFFUSION_MODELS, LORAS = "diffusion_models", "loras"
@@ -42,7 +42,6 @@ COMPLETE_MARKERS = ("checkpoint_manifest.json", ".guard")
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)(-rolling|-tmp)?$")
 _TEMPORARY = re.compile(r"^temporary-(\d+)$")
-_RUN_NAME = re.compile(r"^[^/\\\x00]+$")
 
 
 @dataclass(frozen=True)
@@ -104,14 +103,8 @@ def natural_sorted(names) -> list[str]:
 
 
 def check_run_name(run: str) -> str:
-    """A run name becomes one folder under the host's model folders: one plain path component."""
-    if not isinstance(run, str) or not run.strip():
-        raise ValueError("run: the run name is empty; give a folder name such as 'my-sd35-run'")
-    run = run.strip()
-    if not _RUN_NAME.match(run) or run in (".", "..") or run.startswith("."):
-        raise ValueError(f"run: {run!r} is not a plain folder name (no '/', '\\', leading '.' or '..'); "
-                         "it becomes a subfolder of ComfyUI's diffusion_models and loras folders")
-    return run
+    """A run name becomes one folder under the host's model folders: see names.check_run_name."""
+    return names.check_run_name(run)
 
 
 def _weights_in(folder: Path) -> tuple[Path | None, bool, str]:

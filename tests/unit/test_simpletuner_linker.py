@@ -23,6 +23,17 @@ from tools.simpletuner_fixtures import fake_checkpoint, write_fake_safetensors
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def training_root(tmp_path, monkeypatch):
+    """Every run of these tests lives under tmp_path, the training root (SD35WB_TRAINING_ROOTS)."""
+    monkeypatch.setenv(linker.ROOTS_ENV, str(tmp_path))
+    return tmp_path
+
+
+def sync(*args, **kw):
+    return linker.sync(*args, **kw)
+
+
 @pytest.fixture
 def models(tmp_path):
     root = tmp_path / "models"
@@ -41,7 +52,7 @@ def run_dir(tmp_path):
 def test_numeric_order_not_text_order(run_dir, models):
     for step in (1600, 800, 10000, 200):
         fake_checkpoint(run_dir, step)
-    report = linker.sync(run_dir, None, models)
+    report = sync(run_dir, None, models)
     assert report.exposed["diffusion_models"] == [f"my-run/checkpoint-{s}.safetensors" for s in (200, 800, 1600, 10000)]
     for s in (200, 800, 1600, 10000):
         link = models["diffusion_models"] / "my-run" / f"checkpoint-{s}.safetensors"
@@ -61,7 +72,7 @@ def test_every_kind_is_named_and_filed(run_dir, models):
     write_fake_safetensors(run_dir / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors")
     (run_dir / "pipeline" / "model_index.json").write_text('{"_class_name": "SimpleTunerPipeline"}')
     write_fake_safetensors(run_dir / "pytorch_lora_weights.safetensors", seed=9)
-    report = linker.sync(run_dir, "exp1", models)
+    report = sync(run_dir, "exp1", models)
     assert report.exposed["diffusion_models"] == [
         "exp1/checkpoint-100.safetensors", "exp1/checkpoint-100-ema.safetensors", "exp1/checkpoint-200.safetensors",
         "exp1/checkpoint-200-ema.safetensors", "exp1/checkpoint-400-rolling.safetensors", "exp1/exp1-final.safetensors"]
@@ -72,17 +83,17 @@ def test_every_kind_is_named_and_filed(run_dir, models):
     assert dict(report.linked)["exp1/checkpoint-100-ema.safetensors"].startswith("merged")
     # Nothing but .safetensors is ever linked: no ema_model.pt, optimizer.bin, random_states_0.pkl.
     made = [p.name for f in models.values() for p in (f / "exp1").iterdir()]
-    assert all(n.endswith(".safetensors") or n == linker.MANIFEST for n in made), made
+    assert all(n.endswith(".safetensors") or n in (linker.MANIFEST, linker.LOCK) for n in made), made
 
 
 def test_include_selects_categories(run_dir, models):
     fake_checkpoint(run_dir, 100, ema="single")
     fake_checkpoint(run_dir, 200, kind="lora")
-    report = linker.sync(run_dir, None, models, include="lora")
+    report = sync(run_dir, None, models, include="lora")
     assert report.exposed == {"diffusion_models": [], "loras": ["my-run/checkpoint-200.safetensors"]}
     assert not (models["diffusion_models"] / "my-run").exists()
     with pytest.raises(ValueError, match="include: .*full, ema, lora, final"):
-        linker.sync(run_dir, None, models, include="full,weird")
+        sync(run_dir, None, models, include="full,weird")
 
 
 def test_in_progress_folders_are_skipped_with_reasons(run_dir, models):
@@ -94,7 +105,7 @@ def test_in_progress_folders_are_skipped_with_reasons(run_dir, models):
     half = fake_checkpoint(run_dir, 500)
     f = half / "transformer" / "diffusion_pytorch_model.safetensors"
     f.write_bytes(f.read_bytes()[:-5])  # still being written
-    report = linker.sync(run_dir, None, models)
+    report = sync(run_dir, None, models)
     assert report.exposed["diffusion_models"] == ["my-run/checkpoint-100.safetensors"]
     why = {Path(p).name: r for p, r in report.skipped}
     assert "'-tmp'" in why["checkpoint-200-tmp"]
@@ -104,15 +115,15 @@ def test_in_progress_folders_are_skipped_with_reasons(run_dir, models):
     # Old SimpleTuner (no markers anywhere): markers are not required.
     old = run_dir.parent / "old-run"
     fake_checkpoint(old, 10, markers=False)
-    assert linker.sync(old, None, models).exposed["diffusion_models"] == ["old-run/checkpoint-10.safetensors"]
+    assert sync(old, None, models).exposed["diffusion_models"] == ["old-run/checkpoint-10.safetensors"]
 
 
 def test_resync_is_idempotent_and_rotation_prunes_only_our_links(run_dir, models):
     for step in (100, 200, 300):
         fake_checkpoint(run_dir, step, ema="sharded")
-    first = linker.sync(run_dir, None, models)
+    first = sync(run_dir, None, models)
     assert len(first.linked) == 6 and not first.pruned
-    second = linker.sync(run_dir, None, models)
+    second = sync(run_dir, None, models)
     assert not second.linked and not second.pruned and len(second.unchanged) == 6 and second.bytes_copied == 0
     dm = models["diffusion_models"] / "my-run"
     # The user's own file and a link of their own in the run folder.
@@ -122,7 +133,7 @@ def test_resync_is_idempotent_and_rotation_prunes_only_our_links(run_dir, models
     import shutil
 
     shutil.rmtree(run_dir / "checkpoint-100")
-    third = linker.sync(run_dir, None, models)
+    third = sync(run_dir, None, models)
     assert sorted(n for n, _ in third.pruned) == ["my-run/checkpoint-100-ema.safetensors", "my-run/checkpoint-100.safetensors"]
     assert all("rotated away" in why for _, why in third.pruned)
     assert not os.path.lexists(dm / "checkpoint-100.safetensors") and not (dm / "checkpoint-100-ema.safetensors").exists()
@@ -140,7 +151,7 @@ def test_collision_with_a_user_file_is_reported_and_untouched(run_dir, models):
     mine = models["diffusion_models"] / "my-run" / "checkpoint-200.safetensors"
     mine.parent.mkdir()
     mine.write_bytes(b"my own fine-tune")
-    report = linker.sync(run_dir, None, models)
+    report = sync(run_dir, None, models)
     assert mine.read_bytes() == b"my own fine-tune" and not mine.is_symlink()
     assert ("my-run/checkpoint-200.safetensors", "collision: a file you put there has this name; left untouched "
             "(rename it, or sync under another run name)") in report.skipped
@@ -152,7 +163,7 @@ def test_collision_with_a_user_file_is_reported_and_untouched(run_dir, models):
     import shutil
 
     shutil.rmtree(run_dir / "checkpoint-100")
-    linker.sync(run_dir, None, models)
+    sync(run_dir, None, models)
     assert ours.read_bytes() == b"replaced by hand"
 
 
@@ -161,7 +172,7 @@ def test_old_script_links_are_adopted(run_dir, models):
     d = models["diffusion_models"] / "my-run"
     d.mkdir()
     os.symlink(src, d / "checkpoint-100.safetensors")
-    report = linker.sync(run_dir, None, models)
+    report = sync(run_dir, None, models)
     assert report.unchanged == ["my-run/checkpoint-100.safetensors"] and not report.skipped
 
 
@@ -172,21 +183,21 @@ def test_hard_link_fallback_and_copy_only_when_asked(run_dir, models, monkeypatc
         raise OSError(errno.EPERM, "symbolic links are not allowed")
 
     monkeypatch.setattr(os, "symlink", no_symlinks)
-    report = linker.sync(run_dir, None, models)
+    report = sync(run_dir, None, models)
     assert report.linked == [("my-run/checkpoint-100.safetensors", "hardlink")] and report.bytes_copied == 0
     dest = models["diffusion_models"] / "my-run" / "checkpoint-100.safetensors"
     src = run_dir / "checkpoint-100" / "transformer" / "diffusion_pytorch_model.safetensors"
     assert os.path.samefile(dest, src)
-    assert linker.sync(run_dir, None, models).unchanged == ["my-run/checkpoint-100.safetensors"]
+    assert sync(run_dir, None, models).unchanged == ["my-run/checkpoint-100.safetensors"]
 
     def no_hardlinks(*a, **k):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "link", no_hardlinks)
     fake_checkpoint(run_dir, 200)
-    report = linker.sync(run_dir, None, models)
+    report = sync(run_dir, None, models)
     assert report.skipped[-1][0] == "my-run/checkpoint-200.safetensors" and "--copy" in report.skipped[-1][1]
-    report = linker.sync(run_dir, None, models, copy=True)
+    report = sync(run_dir, None, models, copy=True)
     assert report.linked == [("my-run/checkpoint-200.safetensors", "copy")]
     assert report.bytes_copied == src.stat().st_size
 
@@ -195,19 +206,19 @@ def test_run_name_and_output_dir_checks(run_dir, models, tmp_path):
     fake_checkpoint(run_dir, 100)
     for bad in ("../evil", "a/b", ".hidden", "..", ""):
         with pytest.raises(ValueError, match="run"):
-            linker.sync(run_dir, bad, models) if bad else simpletuner.check_run_name(bad)
+            sync(run_dir, bad, models) if bad else simpletuner.check_run_name(bad)
     with pytest.raises(ValueError, match="output_dir: .* is not a folder"):
-        linker.sync(tmp_path / "missing", "x", models)
+        sync(tmp_path / "missing", "x", models)
     other = tmp_path / "other-run"
     fake_checkpoint(other, 5)
-    linker.sync(run_dir, "shared", models)
+    sync(run_dir, "shared", models)
     with pytest.raises(ValueError, match="already holds links to"):
-        linker.sync(other, "shared", models)
+        sync(other, "shared", models)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     os.symlink(elsewhere, models["diffusion_models"] / "sneaky")
     with pytest.raises(ValueError, match="leads outside .* refusing to write through it"):
-        linker.sync(run_dir, "sneaky", models)
+        sync(run_dir, "sneaky", models)
     assert list(elsewhere.iterdir()) == []
 
 
@@ -264,22 +275,22 @@ def test_truncated_ema_shard_is_skipped_and_changed_shards_are_remerged(run_dir,
     shard = sorted(ema.glob("*-00002-of-*.safetensors"))[0]
     good = shard.read_bytes()
     shard.write_bytes(good[:-3])  # SimpleTuner still writing the EMA
-    report = linker.sync(run_dir, None, models)
+    report = sync(run_dir, None, models)
     assert report.exposed["diffusion_models"] == ["my-run/checkpoint-100-rolling.safetensors"]
     assert any(p.endswith("transformer_ema") and "truncated or still being written" in why for p, why in report.skipped)
     assert sorted(p.name for p in (models["diffusion_models"] / "my-run").iterdir()) == \
-        [linker.MANIFEST, "checkpoint-100-rolling.safetensors"], "no partial merge left behind"
+        [linker.MANIFEST, linker.LOCK, "checkpoint-100-rolling.safetensors"], "no partial merge left behind"
     shard.write_bytes(good)
-    report = linker.sync(run_dir, None, models)
+    report = sync(run_dir, None, models)
     assert [n for n, _ in report.linked] == ["my-run/checkpoint-100-rolling-ema.safetensors"]
     merged = models["diffusion_models"] / "my-run" / "checkpoint-100-rolling-ema.safetensors"
     # The rolling checkpoint is saved again with new EMA weights: the merge is redone, once.
     new = {f"b{i}.w": np.full((4, 3), i, dtype=np.float32) for i in range(5)}
     write_sharded_np(ema, new, per_shard=2)
-    report = linker.sync(run_dir, None, models)
+    report = sync(run_dir, None, models)
     assert [n for n, _ in report.linked] == ["my-run/checkpoint-100-rolling-ema.safetensors"]
     assert all(np.array_equal(load_file(str(merged))[k], v) for k, v in new.items())
-    assert not linker.sync(run_dir, None, models).linked
+    assert not sync(run_dir, None, models).linked
 
 
 @given(st.lists(st.integers(min_value=0, max_value=10**7), min_size=1, max_size=30, unique=True),
