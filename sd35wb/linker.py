@@ -173,8 +173,8 @@ def models_dir_destinations(models_dir: str | os.PathLike) -> Destinations:
 
 def authorize(output_dir: str, roots_env: str) -> Path:
     """The run's real folder, if ``output_dir`` and the roots allow a sync at all (else LinkError)."""
-    names.check_path(output_dir, "output_dir")
     try:
+        names.check_path(output_dir, "output_dir")
         return simpletuner.resolve_training_dir(output_dir, roots_env)
     except PermissionError as e:
         raise LinkError(str(e), "output_dir", 403) from e
@@ -432,8 +432,11 @@ def sync(output_dir: str | os.PathLike, run: str | None, dest: Destinations | di
     longest = max(len(n) for n in (f"{run}-final.safetensors", "checkpoint-999999999999-rolling-ema.safetensors"))
     for folder, base in dest.dirs.items():
         if base is not None:
-            names.check_path(os.path.join(str(base), run, "." + "x" * longest + ".sd35wb-tmp-9999999-ffffffff"),
-                             "run", what=f"the {folder} path for this run")
+            try:
+                names.check_path(os.path.join(str(base), run, "." + "x" * longest + ".sd35wb-tmp-9999999-ffffffff"),
+                                 "run", what=f"the {folder} path for this run")
+            except ValueError as e:
+                raise LinkError(str(e), "run") from e
     scan = simpletuner.scan(out, run)
     root_list = simpletuner.training_roots(roots)
     report = Report(run, str(out))
@@ -575,6 +578,7 @@ def _move_legacy(legacy: list[Path], run_dir: Path, manifest: dict, run: str, re
                 report.moved.append((str(here), _model_name(run, name)))
                 del old["links"][name]
                 _write_manifest(old_dir, old)
+                _step("moved")
             _write_manifest(old_dir, old)
             try:  # empty now (only our manifest and lock): remove the old run folder
                 if not [e for e in os.listdir(old_dir) if e not in (MANIFEST, LOCK)] and not old["links"]:

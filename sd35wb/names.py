@@ -62,7 +62,7 @@ def check_run_name(run, field: str = "run") -> str:
 def check_path(path, field: str = "output_dir", what: str | None = None) -> str:
     """``path`` if it is a usable path string (length per component and in all, no control
     characters, no URL-encoded separators); else ValueError naming ``field``."""
-    what = what or field
+    what = what or "the path"
     if not isinstance(path, str) or not path.strip():
         raise ValueError(f"{field}: must be a non-empty path")
     bad = _controls(path)
