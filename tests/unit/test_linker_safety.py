@@ -200,14 +200,22 @@ def test_an_exception_or_kill_at_every_step_leaves_a_state_the_next_sync_repairs
             assert r.returncode == (-9 if mode == "kill" else 1), (r.returncode, r.stderr)
             faults += 1
             dm, lo = run_dirs(models)
+            for d in (dm, lo):  # right after the fault: every link and temporary file there is recorded
+                links = json.loads((d / linker.MANIFEST).read_text())["links"]
+                tmps = {rec.get("tmp") for rec in links.values()}
+                for e in os.listdir(d):
+                    if e in (linker.MANIFEST, linker.LOCK) or e.startswith("mine") or e.startswith(".." + linker.MANIFEST[1:]):
+                        continue
+                    assert e in links or e in tmps, f"{mode} at step {k}: {d / e} is not in the manifest"
             fixed = cli(out, "--models-dir", models, "--run", RUN, "--json", roots=out.parent)
             assert fixed.returncode == 0, fixed.stderr
             rep = json.loads(fixed.stdout)
             assert not any("collision" in why or "not pruned" in why or "not what this tool made" in what
                            for _, why in rep["skipped"] for what in [why]), (mode, k, rep["skipped"])
             assert not any("not what this tool made" in what for _, what in rep["repaired"]), (mode, k, rep["repaired"])
-            assert sum(len(v) for v in rep["exposed"].values()) == 9, (mode, k, rep)
-            assert assert_manifest_equals_disk(dm, lo) == 9
+            want = len(simpletuner.scan(out, RUN).artifacts)
+            assert want == 7 and sum(len(v) for v in rep["exposed"].values()) == want, (mode, k, rep)
+            assert assert_manifest_equals_disk(dm, lo) == want
             after = user_files(models, out)
             assert {p: h for p, h in after.items() if p in before} == before, f"user files changed ({mode} at {k})"
             again = cli(out, "--models-dir", models, "--run", RUN, "--json", roots=out.parent)
