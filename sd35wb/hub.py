@@ -87,6 +87,76 @@ def is_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+def hub_cache_dir() -> str:
+    """The hub cache folder huggingface_hub uses, read from the environment now (it reads it once, at import)."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return os.path.expanduser(os.environ[var])
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                                                      "huggingface")
+    return os.path.join(os.path.expanduser(home), "hub")
+
+
+def endpoint_url(endpoint: str | None = None) -> str | None:
+    return endpoint or os.environ.get("HF_ENDPOINT") or None
+
+
+def cached(repo: str, path: str, cache: str | None = None) -> str | None:
+    """The file from the hub cache (huggingface_hub's own lookup), or None."""
+    got = _hf().try_to_load_from_cache(repo, path, cache_dir=cache or hub_cache_dir())
+    return got if isinstance(got, str) and os.path.isfile(got) else None
+
+
+def classify(exc: BaseException) -> str:
+    """What a failed download means, by exception type: "disk_full", "gated", "refused",
+    "offline", "unreachable" or "other"."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "disk_full"
+    try:
+        from huggingface_hub import errors
+    except ImportError:
+        return "other"
+    if isinstance(exc, errors.GatedRepoError):
+        return "gated"
+    if isinstance(exc, errors.RepositoryNotFoundError):  # 401 with or without a token
+        return "refused"
+    if isinstance(exc, errors.OfflineModeIsEnabled):
+        return "offline"
+    if isinstance(exc, errors.LocalEntryNotFoundError):  # connection failed and nothing cached
+        return "unreachable"
+    transport: list[type] = [ConnectionError, TimeoutError]
+    for mod, names in (("requests.exceptions", ("ConnectionError", "Timeout")), ("httpx", ("TransportError",))):
+        try:
+            m = __import__(mod, fromlist=list(names))
+            transport += [getattr(m, n) for n in names]
+        except ImportError:
+            pass
+    if isinstance(exc, tuple(transport)):
+        return "unreachable"
+    if isinstance(exc, errors.HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        return "refused" if status in (401, 403) else "other"
+    return "other"
+
+
+class DownloadFailed(HubError):
+    def __init__(self, exc: BaseException):
+        super().__init__(str(exc))
+        self.kind, self.exc = classify(exc), exc
+
+
+def download(repo: str, path: str, cache: str | None = None, endpoint: str | None = None, token=None,
+             progress: Callable[[int, int], None] | None = None) -> str:
+    """hf_hub_download into the hub cache (HF_ENDPOINT honoured); raises DownloadFailed(kind)."""
+    hub = _hf()
+    try:
+        return hub.hf_hub_download(repo, path, token=token, cache_dir=cache or hub_cache_dir(),
+                                   endpoint=endpoint_url(endpoint),
+                                   tqdm_class=_progress_tqdm(progress) if progress else None)
+    except Exception as e:  # noqa: BLE001 - classified by type; the caller words it for its input
+        raise DownloadFailed(e) from e
+
+
 def find_local(name: str, folders: list[str]) -> str | None:
     for d in folders:
         p = os.path.join(d, name)
@@ -95,12 +165,11 @@ def find_local(name: str, folders: list[str]) -> str | None:
     return None
 
 
-def find_in_cache(hf: HubFile, cache_dir: str | None = None) -> tuple[str, str] | None:
+def find_in_cache(hf: HubFile, cache: str | None = None) -> tuple[str, str] | None:
     """(repo, path in the hub cache) for the first repo whose cached snapshot has the file."""
-    hub = _hf()
     for repo in hf.repos:
-        got = hub.try_to_load_from_cache(repo, hf.repo_path, cache_dir=cache_dir)
-        if isinstance(got, str) and os.path.isfile(got):
+        got = cached(repo, hf.repo_path, cache)
+        if got:
             return repo, got
     return None
 
@@ -180,8 +249,7 @@ def resolve(name: str, folders: list[str], allow_download: bool = True, progress
     fetching it as described in the module docstring. Raises :class:`HubError`."""
     log = log or (lambda _m: None)
     # honoured even when set after huggingface_hub was imported (it reads them once, at import)
-    cache_dir = cache_dir or os.environ.get("HF_HUB_CACHE") or None
-    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
+    cache_dir = cache_dir or hub_cache_dir()
     here = find_local(name, folders)
     if here:
         return here
@@ -209,9 +277,7 @@ def resolve(name: str, folders: list[str], allow_download: bool = True, progress
         raise HubError(f"fetch_missing: no Hugging Face token found for {hf.name}: {repo} is gated. Accept the license at "
                        f"{repo_url(repo)}, then run `hf auth login` (or set the HF_TOKEN environment variable) and "
                        f"restart ComfyUI; or place the file manually at {dest}.")
-    from huggingface_hub import constants, errors
-
-    cache_root = cache_dir or constants.HF_HUB_CACHE
+    cache_root = cache_dir
     probe = cache_root
     while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
         probe = os.path.dirname(probe)
@@ -221,24 +287,17 @@ def resolve(name: str, folders: list[str], allow_download: bool = True, progress
         raise HubError(_disk_full_msg(cache_root, need - free))
     log(f"{name}: downloading from {repo} ({hf.size_gb:.1f} GB) into the Hugging Face cache")
     try:
-        path = hub.hf_hub_download(repo, hf.repo_path, token=token, cache_dir=cache_dir, endpoint=endpoint,
-                                   tqdm_class=_progress_tqdm(progress) if progress else None)
-    except errors.GatedRepoError as e:
-        raise HubError(_gated_msg(repo)) from e
-    except errors.RepositoryNotFoundError as e:  # 401 with a token: bad or expired token
-        raise HubError(f"fetch_missing: the hub refused {repo} with your token (invalid, expired, or without access): "
-                       f"check it with `hf auth whoami`, accept the license at {repo_url(repo)}, then run "
-                       "`hf auth login` again or set HF_TOKEN.") from e
-    except errors.OfflineModeIsEnabled as e:
-        raise HubError(_manual_msg(hf, dest, "could not be downloaded: the hub is offline (HF_HUB_OFFLINE is set)")) from e
-    except errors.LocalEntryNotFoundError as e:  # connection failed and nothing cached
-        raise HubError(_manual_msg(hf, dest, f"could not be downloaded: the hub is unreachable ({e.__class__.__name__})")) from e
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise HubError(_disk_full_msg(cache_root, need)) from e
-        if isinstance(e, errors.HfHubHTTPError) or "connect" in str(e).lower():
-            raise HubError(_manual_msg(hf, dest, f"could not be downloaded ({e})")) from e
-        raise
+        path = download(repo, hf.repo_path, cache_dir, endpoint, token, progress)
+    except DownloadFailed as e:
+        msg = {"gated": _gated_msg(repo),
+               "refused": f"fetch_missing: the hub refused {repo} with your token (invalid, expired, or without access): "
+                          f"check it with `hf auth whoami`, accept the license at {repo_url(repo)}, then run "
+                          "`hf auth login` again or set HF_TOKEN.",
+               "offline": _manual_msg(hf, dest, "could not be downloaded: the hub is offline (HF_HUB_OFFLINE is set)"),
+               "unreachable": _manual_msg(hf, dest, f"could not be downloaded: the hub is unreachable "
+                                                    f"({e.exc.__class__.__name__})"),
+               "disk_full": _disk_full_msg(cache_root, need)}.get(e.kind)
+        raise HubError(msg or _manual_msg(hf, dest, f"could not be downloaded ({e.exc})")) from e.exc
     how = link_into(path, dest)
     log(f"{name}: downloaded; {how} -> {dest}")
     return dest

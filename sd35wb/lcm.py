@@ -10,13 +10,12 @@ Nothing here imports torch or ComfyUI: the safetensors header is read as JSON.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import safetensors_header
+from . import hub, safetensors_header
 
 # ---------------------------------------------------------------------------------------------
 # Families
@@ -231,22 +230,13 @@ def peft_key_renames(keys) -> dict[str, str]:
 # Hugging Face Hub fetch (small and self-contained; public LCM-LoRAs need no token)
 
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def hf_cache_dir() -> Path:
-    """The hub cache huggingface_hub would use, read from the environment at call time."""
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return Path(os.environ[var]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-                                                      "huggingface")
-    return Path(home).expanduser() / "hub"
+    """The hub cache, as the loader's fetch sees it (one hub path: sd35wb.hub)."""
+    return Path(hub.hub_cache_dir())
 
 
 def hf_offline() -> bool:
-    return _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+    return hub.is_offline()
 
 
 def _download_hint(k: KnownLora) -> str:
@@ -255,62 +245,52 @@ def _download_hint(k: KnownLora) -> str:
 
 
 def explain_hub_error(k: KnownLora, exc: BaseException, cache: Path) -> str:
-    """A message that says what went wrong fetching ``k`` and what to do."""
-    name = type(exc).__name__
-    names = {c.__name__ for c in type(exc).__mro__}
+    """A message that says what went wrong fetching ``k`` and what to do (classified by hub.classify)."""
     where = f"{k.repo_id}/{k.filename}"
-    if isinstance(exc, OSError) and getattr(exc, "errno", None) == errno.ENOSPC:
+    kind = exc.kind if isinstance(exc, hub.DownloadFailed) else hub.classify(exc)
+    exc = exc.exc if isinstance(exc, hub.DownloadFailed) else exc
+    if kind == "disk_full":
         return (f"lcm_lora: not enough disk space to download {where} into {cache}: free some space (the file is "
                 f"about 70-400 MB) or point HF_HOME / HF_HUB_CACHE at a bigger disk, then queue again.")
-    if "GatedRepoError" in names:
+    if kind == "gated":
         return (f"lcm_lora: {k.repo_id} is gated: accept its terms at https://huggingface.co/{k.repo_id} with your account, "
                 f"then log in once (`hf auth login`) or set HF_TOKEN for ComfyUI, and queue again.")
-    if "RepositoryNotFoundError" in names or "401" in str(exc):
+    if kind == "refused":
         return (f"lcm_lora: Hugging Face refused {where} (not found or not authorised). If you use a private mirror, "
                 f"log in once (`hf auth login`) or set HF_TOKEN for ComfyUI; otherwise {_download_hint(k)}.")
-    if "OfflineModeIsEnabled" in names or "LocalEntryNotFoundError" in names or "Connect" in name or "Timeout" in name:
-        return (f"lcm_lora: {where} is not in the Hugging Face cache ({cache}) and could not be downloaded "
-                f"({'HF_HUB_OFFLINE is set' if hf_offline() else 'no connection to huggingface.co'}). "
-                f"Connect and queue again, or {_download_hint(k)}.")
-    return f"lcm_lora: downloading {where} failed ({name}: {exc}). {_download_hint(k).capitalize()}."
+    if kind in ("offline", "unreachable"):
+        return _not_cached(k, cache)
+    return f"lcm_lora: downloading {where} failed ({type(exc).__name__}: {exc}). {_download_hint(k)[0].upper()}{_download_hint(k)[1:]}."
+
+
+def _not_cached(k: KnownLora, cache: Path) -> str:
+    return (f"lcm_lora: {k.repo_id}/{k.filename} is not in the Hugging Face cache ({cache}) and could not be downloaded "
+            f"({'HF_HUB_OFFLINE is set' if hf_offline() else 'no connection to the hub'}). "
+            f"Connect and queue again, or {_download_hint(k)}.")
 
 
 def cached_path(k: KnownLora, cache: Path | None = None) -> Path | None:
-    """The file in the hub cache (``models--org--name/snapshots/<refs/main>/file``), or None."""
-    cache = cache or hf_cache_dir()
-    repo_dir = cache / ("models--" + k.repo_id.replace("/", "--"))
-    ref = repo_dir / "refs" / "main"
-    if not ref.is_file():
-        return None
-    p = repo_dir / "snapshots" / ref.read_text().strip() / k.filename
-    return p if p.is_file() else None
+    """The file in the hub cache (huggingface_hub's own lookup, as for the loader), or None."""
+    got = hub.cached(k.repo_id, k.filename, str(cache or hf_cache_dir()))
+    return Path(got) if got else None
 
 
 def fetch_known(k: KnownLora, cache: Path | None = None) -> Path:
-    """Path of a known LCM-LoRA: from the hub cache, else downloaded with huggingface_hub.
+    """Path of a known LCM-LoRA: from the hub cache, else downloaded (sd35wb.hub.download, the
+    loader's path: HF_ENDPOINT, HF_HUB_CACHE / HF_HOME and HF_HUB_OFFLINE honoured).
 
     The token comes from HF_TOKEN or the login cache (``hf auth login``) only; offline mode
-    (HF_HUB_OFFLINE=1) never touches the network. Raises ValueError saying what to do."""
+    never touches the network. Raises ValueError saying what to do."""
     cache = Path(cache) if cache else hf_cache_dir()
-    hit = cached_path(k, cache)
-    if hit is not None:
-        return hit
-    if hf_offline():
-        raise ValueError(explain_hub_error(k, _Offline("offline"), cache))
     try:
-        import huggingface_hub
-    except ImportError as e:
-        raise ValueError(f"lcm_lora: huggingface_hub is not installed, so {k.repo_id} cannot be downloaded: "
-                         f"`pip install huggingface_hub` in ComfyUI's Python, or {_download_hint(k)}.") from e
-    token = huggingface_hub.get_token()  # HF_TOKEN, else the `hf auth login` cache; None is fine (public)
-    try:
-        return Path(huggingface_hub.hf_hub_download(k.repo_id, k.filename, cache_dir=str(cache), token=token))
-    except Exception as e:  # noqa: BLE001 - every failure becomes a message saying what to do
-        raise ValueError(explain_hub_error(k, e, cache)) from e
-
-
-class _Offline(Exception):
-    """Stands for huggingface_hub's OfflineModeIsEnabled when we refuse before importing it."""
-
-
-_Offline.__name__ = "OfflineModeIsEnabled"
+        hit = cached_path(k, cache)
+        if hit is not None:
+            return hit
+        if hf_offline():
+            raise ValueError(_not_cached(k, cache))
+        token = hub._hf().get_token()  # HF_TOKEN, else the `hf auth login` cache; None is fine (public)
+        return Path(hub.download(k.repo_id, k.filename, str(cache), token=token))
+    except hub.DownloadFailed as e:
+        raise ValueError(explain_hub_error(k, e, cache)) from e.exc
+    except hub.HubError as e:  # huggingface_hub missing
+        raise ValueError(f"lcm_lora: {e} ({k.repo_id} cannot be downloaded; or {_download_hint(k)})") from e

@@ -31,6 +31,16 @@ def ft_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", autouse=True)
+def training_roots(tmp_path_factory):
+    """The node links only under SD35WB_TRAINING_ROOTS (the same rule as the route and the CLI):
+    this module's runs all live under pytest's base temp folder."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SD35WB_TRAINING_ROOTS", str(tmp_path_factory.getbasetemp()))
+    yield tmp_path_factory.getbasetemp()
+    mp.undo()
+
+
+@pytest.fixture(scope="module", autouse=True)
 def link_into_user_models(host, user_models):
     """The linker writes into the host's first diffusion_models / loras folder. In-process, the
     session put the tiny-model cache first; make the session's user folder the default (as a user's
@@ -183,3 +193,30 @@ def test_rotation_resync_prunes_the_dangling_link(host, ft_run, linked, tmp_path
     assert "pruned    host-rot/checkpoint-800.safetensors  (source gone" in report
     assert models.splitlines() == ["host-rot/checkpoint-1600.safetensors", "host-rot/checkpoint-2400.safetensors"]
     assert "host-rot/checkpoint-800.safetensors" not in host.folder_paths.get_filename_list("diffusion_models")
+
+
+def test_link_node_has_the_routes_roots_rule_even_when_roots_are_unset(host, ft_run, tmp_path, monkeypatch):
+    import os
+
+    outside = tmp_path / "elsewhere" / "run"
+    stf.fake_checkpoint(outside, 10)
+    inside_root = tmp_path / "root"
+    (inside_root / "run").mkdir(parents=True)
+    os.symlink(outside, inside_root / "escape")
+    before = set(host.folder_paths.get_filename_list("diffusion_models"))
+    monkeypatch.delenv("SD35WB_TRAINING_ROOTS")
+    with pytest.raises(ValueError, match="no training roots configured: set SD35WB_TRAINING_ROOTS"):
+        call(host.nodes, "SD35WB_SimpleTunerLink", output_dir=str(ft_run), run="no-roots", full=True, ema=True,
+             lora=True, final=True)
+    monkeypatch.setenv("SD35WB_TRAINING_ROOTS", str(inside_root))
+    for out_dir, msg in [(str(outside), "outside the training roots"), ("escape", "symlink escape"),
+                         (f"{inside_root}/run/../../elsewhere/run", "contains '..'"),
+                         ("run", "is not a folder"), ("x\ny", "control characters")]:
+        with pytest.raises(ValueError, match=msg):
+            call(host.nodes, "SD35WB_SimpleTunerLink", output_dir=out_dir, run="esc", full=True, ema=True,
+                 lora=True, final=True)
+    with pytest.raises(ValueError, match="run: .* is 255 bytes long"):
+        call(host.nodes, "SD35WB_SimpleTunerLink", output_dir=str(ft_run), run="r" * 255, full=True, ema=True,
+             lora=True, final=True)
+    host.folder_paths.filename_list_cache.pop("diffusion_models", None)
+    assert set(host.folder_paths.get_filename_list("diffusion_models")) == before

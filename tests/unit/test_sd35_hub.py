@@ -272,3 +272,60 @@ def test_unreachable_hub(folders, monkeypatch):
     monkeypatch.setattr(hf_http.time, "sleep", lambda _s: None)  # its 5 retries back off for 23 s otherwise
     with pytest.raises(hub.HubError, match=r"clip_l.safetensors could not be downloaded: .*place the file manually at "):
         hub.resolve("clip_l.safetensors", folders, endpoint="http://127.0.0.1:9")  # nothing listens there
+
+
+# ---------------------------------------------------------------------------------------------
+# The LCM-LoRA fetch takes the same hub path (sd35wb.hub): cache lookup, HF_ENDPOINT, errors
+
+
+def test_lcm_lora_downloads_through_the_same_hub_path(monkeypatch, fake_hub, tmp_path):
+    from sd35wb import lcm
+
+    k = lcm.known_for_family("SDXL")
+    payload = b"LCM" * 50_000
+    fake_hub.add(k.repo_id, k.filename, payload)
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)  # the old LCM fetch ignored it
+    monkeypatch.setenv("HF_TOKEN", "hf_lcm")
+    got = lcm.fetch_known(k)
+    assert got.read_bytes() == payload
+    assert str(got).startswith(str(tmp_path / "hf-cache")), "into the hub cache both fetches use"
+    assert fake_hub.auth[0] == "Bearer hf_lcm"
+    served = len(fake_hub.auth)
+    assert lcm.fetch_known(k) == got and len(fake_hub.auth) == served, "second time: from the cache, no request"
+    from huggingface_hub import try_to_load_from_cache
+
+    assert try_to_load_from_cache(k.repo_id, k.filename, cache_dir=str(tmp_path / "hf-cache")) == str(got)
+
+
+def test_lcm_lora_gated_unreachable_and_offline_read_like_the_loaders(monkeypatch, fake_hub, tmp_path):
+    from sd35wb import lcm
+
+    k = lcm.known_for_family("SD1.5")
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
+    fake_hub.gated.add(k.repo_id)
+    with pytest.raises(ValueError, match=r"lcm_lora: latent-consistency/lcm-lora-sdv1-5 is gated: accept its terms"):
+        lcm.fetch_known(k)
+    fake_hub.gated.clear()
+    with pytest.raises(ValueError, match=r"(?s)lcm_lora: downloading latent-consistency/lcm-lora-sdv1-5/\S+ failed "
+                                         r"\(\w*EntryNotFoundError.*`hf download latent-consistency"):
+        lcm.fetch_known(k)  # the fake hub has no such file: 404 EntryNotFound
+    import huggingface_hub.utils._http as hf_http
+
+    monkeypatch.setattr(hf_http.time, "sleep", lambda _s: None)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(ValueError, match=r"is not in the Hugging Face cache .* no connection to the hub"):
+        lcm.fetch_known(k)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=r"HF_HUB_OFFLINE is set"):
+        lcm.fetch_known(k)
+    assert not list((tmp_path / "hf-cache").rglob("*.safetensors"))
+
+
+def test_one_hub_path_for_loader_and_lcm():
+    import inspect
+
+    from sd35wb import lcm
+
+    src = inspect.getsource(lcm)
+    assert "hf_hub_download" not in src and "try_to_load_from_cache" not in src, "lcm goes through sd35wb.hub"
+    assert lcm.hf_cache_dir() == Path(hub.hub_cache_dir())
