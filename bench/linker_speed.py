@@ -40,12 +40,12 @@ def bench_sync(tmp: Path) -> None:
         fake_checkpoint(out, step * 100, accelerate=False, writer=write_empty_safetensors)
     build = time.perf_counter() - t0
     dirs = {"diffusion_models": tmp / "models" / "diffusion_models", "loras": tmp / "models" / "loras"}
-    first = linker.sync(out, None, dirs)
-    second = linker.sync(out, None, dirs)
+    first = linker.sync(out, None, dirs, roots=str(tmp))
+    second = linker.sync(out, None, dirs, roots=str(tmp))
     fake_checkpoint(out, (N_CHECKPOINTS + 1) * 100, accelerate=False, writer=write_empty_safetensors)
-    third = linker.sync(out, None, dirs)
+    third = linker.sync(out, None, dirs, roots=str(tmp))
     shutil.rmtree(out / "checkpoint-100")
-    fourth = linker.sync(out, None, dirs)
+    fourth = linker.sync(out, None, dirs, roots=str(tmp))
     assert len(first.linked) == N_CHECKPOINTS and not second.linked and len(third.linked) == 1 and len(fourth.pruned) == 1
     print(f"run of {N_CHECKPOINTS} checkpoints (built in {build:.1f} s)")
     print(f"  first sync (link all):          {first.seconds:8.3f} s  ({len(first.linked)} linked)")

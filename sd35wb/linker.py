@@ -295,8 +295,9 @@ def _identity(p: Path, mode: str) -> dict:
     return out
 
 
-def _matches(dest: Path, rec: dict, source: Path | None = None) -> bool:
-    """Is ``dest`` exactly what ``rec`` says this tool made?"""
+def _matches(dest: Path, rec: dict, source: Path | None = None, deep: bool = True) -> bool:
+    """Is ``dest`` exactly what ``rec`` says this tool made? ``deep=False`` skips the content
+    fingerprint: enough to keep a link as it is, never enough to delete or replace a file."""
     mode = rec.get("mode")
     try:
         st = dest.lstat()
@@ -316,7 +317,7 @@ def _matches(dest: Path, rec: dict, source: Path | None = None) -> bool:
         except OSError:
             return False
         return (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino)
-    if mode in ("copy", "merged"):
+    if mode in ("copy", "merged") and deep:
         try:
             return fingerprint(dest) == rec.get("fp")
         except OSError:
@@ -633,6 +634,11 @@ def _sync_folder(run_dir: Path, output_dir: Path, run: str, folder: str, selecte
         dest = run_dir / art.name
         model = _model_name(run, art.name)
         rec = links.get(art.name)
+        if rec is not None and _matches(dest, rec, art.source, deep=False) and _up_to_date(dest, rec, art) \
+                and "id" in rec:
+            report.unchanged.append(model)  # the common case of a re-sync: nothing to prove further
+            exposed.append((art, rec["mode"]))
+            continue
         if rec is not None and not _matches(dest, rec, art.source):
             del links[art.name]
             dirty = True
