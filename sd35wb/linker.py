@@ -424,12 +424,18 @@ def sync(output_dir: str | os.PathLike, run: str | None, dest: Destinations | di
     if isinstance(dest, dict):
         dest = Destinations(dict(dest))
     roots = os.environ.get(ROOTS_ENV, "") if roots is None else roots
-    out = authorize(str(output_dir), roots)
     try:
-        run = names.check_run_name(run if run else out.name)
+        if run:
+            run = names.check_run_name(run)
         include = simpletuner.parse_include(include)
     except ValueError as e:
         raise LinkError(str(e), "include" if str(e).startswith("include") else "run") from e
+    out = authorize(str(output_dir), roots)
+    if not run:  # the output_dir's own name: a folder name, but maybe not one every OS accepts
+        try:
+            run = names.check_run_name(out.name)
+        except ValueError as e:
+            raise LinkError(f"{e} (the run name defaults to output_dir's folder name: give run)", "run") from e
     longest = max(len(n) for n in (f"{run}-final.safetensors", "checkpoint-999999999999-rolling-ema.safetensors"))
     for folder, base in dest.dirs.items():
         if base is not None:
