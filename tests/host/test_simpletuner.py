@@ -211,7 +211,7 @@ def test_link_node_has_the_routes_roots_rule_even_when_roots_are_unset(host, ft_
     monkeypatch.setenv("SD35WB_TRAINING_ROOTS", str(inside_root))
     for out_dir, msg in [(str(outside), "outside the training roots"), ("escape", "symlink escape"),
                          (f"{inside_root}/run/../../elsewhere/run", "contains '..'"),
-                         ("run", "is not a folder"), ("x\ny", "control characters")]:
+                         ("missing-run", "is not a folder"), ("x\ny", "control characters")]:
         with pytest.raises(ValueError, match=msg):
             call(host.nodes, "SD35WB_SimpleTunerLink", output_dir=out_dir, run="esc", full=True, ema=True,
                  lora=True, final=True)
