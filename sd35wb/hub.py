@@ -196,7 +196,7 @@ def link_into(src: str, dest: str) -> str:
     free = shutil.disk_usage(os.path.dirname(dest)).free
     if free < need:
         raise HubError(_disk_full_msg(os.path.dirname(dest), need - free))
-    tmp = dest + ".sd35wb-partial"
+    tmp = f"{dest}.sd35wb-partial-{os.getpid()}-{os.urandom(4).hex()}"  # two fetches at once never share it
     try:
         shutil.copyfile(real, tmp)
         os.replace(tmp, dest)
