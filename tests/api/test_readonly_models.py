@@ -34,7 +34,8 @@ def read_only_server(tmp_path_factory, tiny_models, server):
         undo.append(make_read_only(d))
     cfg = prepare_base(base, model_dirs(tiny_models),
                        {"sd35wb_testnodes": TESTS / "testnodes"})
-    srv = ComfyServer(base, cfg).start()
+    # The linker links only under training roots (node, route and CLI alike): every tmp folder of this session.
+    srv = ComfyServer(base, cfg, env={"SD35WB_TRAINING_ROOTS": str(tmp_path_factory.getbasetemp())}).start()
     yield srv, base
     srv.stop()
     for u in undo:
@@ -59,5 +60,6 @@ def test_read_only_models_folder(read_only_server, server, tiny_models, tmp_path
     with pytest.raises(PromptFailed) as e:
         srv.run(prompt)
     msg = e.value.error.get("exception_message", "")
-    assert "read-only" in msg and str(base / "models" / "unet") in msg, msg
-    assert not any((base / "models" / "unet").iterdir())
+    # It writes into diffusion_models/ (linker.destinations), never the legacy unet/ the host lists first.
+    assert "read-only" in msg and str(base / "models" / "diffusion_models") in msg, msg
+    assert not any((base / "models" / "unet").iterdir()) and not any((base / "models" / "diffusion_models").iterdir())
