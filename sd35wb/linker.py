@@ -546,56 +546,70 @@ def _move_legacy(legacy: list[Path], run_dir: Path, manifest: dict, run: str, re
     for old_dir in legacy:
         if old_dir.resolve() == run_dir.resolve():
             continue
-        with run_lock(old_dir):
-            old = read_manifest(old_dir)
-            _repair(old_dir, old, report, run)
-            for name, rec in sorted(old["links"].items()):
-                src_path = Path(rec.get("source", ""))
-                here = old_dir / name
-                if not _matches(here, rec, src_path):
-                    del old["links"][name]  # not ours any more: forget it, never touch it
-                    continue
-                new = run_dir / name
-                if name in manifest["links"] or os.path.lexists(new):
-                    here.unlink()  # ours, and the new place already has one: the old copy goes
-                elif rec.get("mode") == "symlink":
-                    tmp = _tmp_name(new)
-                    manifest["links"][name] = {**rec, "pending": True, "tmp": tmp.name}
-                    _write_manifest(run_dir, manifest)
-                    os.symlink(rec["target"], tmp)
-                    os.replace(tmp, new)
-                    manifest["links"][name] = dict(rec)
-                    dirty = True
-                    here.unlink()
-                else:  # a file: rename keeps its identity (same folder tree, so usually one device)
-                    try:
-                        st = here.lstat()
-                        manifest["links"][name] = {**rec, "pending": True}
-                        if "id" in rec:
-                            manifest["links"][name]["id"] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
-                        _write_manifest(run_dir, manifest)
-                        os.rename(here, new)
-                        manifest["links"][name].pop("pending")
-                        dirty = True
-                    except OSError as e:
-                        manifest["links"].pop(name, None)
-                        report.skipped.append((str(here), f"could not move it to {run_dir} ({e.strerror}); "
-                                               "it is re-made there and this one is left"))
-                        continue
-                report.moved.append((str(here), _model_name(run, name)))
-                del old["links"][name]
-                _write_manifest(old_dir, old)
-                _step("moved")
-            _write_manifest(old_dir, old)
-            try:  # empty now (only our manifest and lock): remove the old run folder
-                if not [e for e in os.listdir(old_dir) if e not in (MANIFEST, LOCK)] and not old["links"]:
-                    os.unlink(old_dir / MANIFEST)
-                    os.unlink(old_dir / LOCK)
-                    os.rmdir(old_dir)
-            except OSError:
-                pass
+        try:
+            dirty |= _move_one_legacy(old_dir, run_dir, manifest, run, report)
+        except (OSError, LinkError) as e:  # e.g. a read-only old folder: its links keep working
+            why = e.strerror if isinstance(e, OSError) else str(e)
+            report.skipped.append((str(old_dir), f"could not move this tool's links from here ({why}); "
+                                   "they still work where they are"))
     if dirty:
         _write_manifest(run_dir, manifest)
+    return dirty
+
+
+def _move_one_legacy(old_dir: Path, run_dir: Path, manifest: dict, run: str, report: Report) -> bool:
+    dirty = False
+    with run_lock(old_dir):
+        old = read_manifest(old_dir)
+        _repair(old_dir, old, report, run)
+        for name, rec in sorted(old["links"].items()):
+            src_path = Path(rec.get("source", ""))
+            here = old_dir / name
+            if not _matches(here, rec, src_path):
+                del old["links"][name]  # not ours any more: forget it, never touch it
+                continue
+            new = run_dir / name
+            if name in manifest["links"]:
+                here.unlink()  # ours, and the new place already has ours: the old one goes
+            elif os.path.lexists(new):
+                report.skipped.append((str(here), f"not moved: {new} is a file of yours; this one stays"))
+                continue
+            elif rec.get("mode") == "symlink":
+                tmp = _tmp_name(new)
+                manifest["links"][name] = {**rec, "pending": True, "tmp": tmp.name}
+                _write_manifest(run_dir, manifest)
+                os.symlink(rec["target"], tmp)
+                os.replace(tmp, new)
+                manifest["links"][name] = dict(rec)
+                dirty = True
+                here.unlink()
+            else:  # a file: rename keeps its identity (same folder tree, so usually one device)
+                try:
+                    st = here.lstat()
+                    manifest["links"][name] = {**rec, "pending": True}
+                    if "id" in rec:
+                        manifest["links"][name]["id"] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+                    _write_manifest(run_dir, manifest)
+                    os.rename(here, new)
+                    manifest["links"][name].pop("pending")
+                    dirty = True
+                except OSError as e:
+                    manifest["links"].pop(name, None)
+                    report.skipped.append((str(here), f"could not move it to {run_dir} ({e.strerror}); "
+                                           "it is re-made there and this one is left"))
+                    continue
+            report.moved.append((str(here), _model_name(run, name)))
+            del old["links"][name]
+            _write_manifest(old_dir, old)
+            _step("moved")
+        _write_manifest(old_dir, old)
+        try:  # empty now (only our manifest and lock): remove the old run folder
+            if not [e for e in os.listdir(old_dir) if e not in (MANIFEST, LOCK)] and not old["links"]:
+                os.unlink(old_dir / MANIFEST)
+                os.unlink(old_dir / LOCK)
+                os.rmdir(old_dir)
+        except OSError:
+            pass
     return dirty
 
 

@@ -165,13 +165,25 @@ def _fault_scenario(base: Path) -> tuple[Path, Path, dict]:
     return out, models, user_files(models, out)
 
 
-def test_an_exception_or_kill_at_every_step_leaves_a_state_the_next_sync_repairs(tmp_path):
+def _fault_legacy_scenario(base: Path) -> tuple[Path, Path, dict]:
+    """Links an earlier version left in models/unet/<run>/ (symlinks, merges), about to be moved."""
+    root = base / "runs"
+    out = eleven_model_run(root / RUN)
+    models = base / "ComfyUI" / "models"
+    for f in ("unet", "diffusion_models", "loras"):
+        (models / f).mkdir(parents=True)
+    linker.sync(out, RUN, {"diffusion_models": models / "unet", "loras": models / "loras"}, roots=str(root))
+    (models / "unet" / RUN / "mine-old.safetensors").write_bytes(b"user file in the old folder")
+    return out, models, user_files(models, out)
+
+
+def _inject_at_every_step(tmp_path: Path, scenario, want: int) -> int:
     faults = 0
     for mode in ("raise", "kill"):
         k = 1
         while True:
             base = tmp_path / f"{mode}-{k}"
-            out, models, before = _fault_scenario(base)
+            out, models, before = scenario(base)
             env = {**os.environ, "PYTHONPATH": str(REPO), linker.ROOTS_ENV: str(out.parent)}
             r = subprocess.run([sys.executable, str(REPO / "tests" / "fault_sync.py"), str(k), mode, "--", str(out),
                                 "--models-dir", str(models), "--run", RUN], cwd=REPO, capture_output=True, text=True,
@@ -183,7 +195,10 @@ def test_an_exception_or_kill_at_every_step_leaves_a_state_the_next_sync_repairs
             assert r.returncode == (-9 if mode == "kill" else 1), (r.returncode, r.stderr)
             faults += 1
             dm, lo = run_dirs(models)
-            for d in (dm, lo):  # right after the fault: every link and temporary file there is recorded
+            legacy = models / "unet" / RUN
+            for d in (dm, lo, legacy):  # right after the fault: every link and temporary file there is recorded
+                if not (d / linker.MANIFEST).exists():
+                    continue
                 links = json.loads((d / linker.MANIFEST).read_text())["links"]
                 tmps = {rec.get("tmp") for rec in links.values()}
                 for e in os.listdir(d):
@@ -193,21 +208,33 @@ def test_an_exception_or_kill_at_every_step_leaves_a_state_the_next_sync_repairs
             fixed = cli(out, "--models-dir", models, "--run", RUN, "--json", roots=out.parent)
             assert fixed.returncode == 0, fixed.stderr
             rep = json.loads(fixed.stdout)
-            assert not any("collision" in why or "not pruned" in why or "not what this tool made" in what
-                           for _, why in rep["skipped"] for what in [why]), (mode, k, rep["skipped"])
+            assert not any("collision" in why or "not pruned" in why for _, why in rep["skipped"]), (mode, k, rep["skipped"])
             assert not any("not what this tool made" in what for _, what in rep["repaired"]), (mode, k, rep["repaired"])
-            want = len(simpletuner.scan(out, RUN).artifacts)
-            assert want == 7 and sum(len(v) for v in rep["exposed"].values()) == want, (mode, k, rep)
+            assert want == len(simpletuner.scan(out, RUN).artifacts) == sum(len(v) for v in rep["exposed"].values()), \
+                (mode, k, rep)
             assert assert_manifest_equals_disk(dm, lo) == want
+            if legacy.exists():
+                assert_manifest_equals_disk(legacy)
             after = user_files(models, out)
             assert {p: h for p, h in after.items() if p in before} == before, f"user files changed ({mode} at {k})"
             again = cli(out, "--models-dir", models, "--run", RUN, "--json", roots=out.parent)
             assert not json.loads(again.stdout)["linked"], "the repair is complete after one resync"
             shutil.rmtree(base)
             k += 1
-        assert k > 10, f"only {k - 1} steps in a sync ({mode})"
+        assert k > 5, f"only {k - 1} steps in a sync ({mode})"
+    return faults
+
+
+def test_an_exception_or_kill_at_every_step_leaves_a_state_the_next_sync_repairs(tmp_path):
+    faults = _inject_at_every_step(tmp_path, _fault_scenario, 7)
+    assert faults >= 30
     print(f"\nfaults injected: {faults} (an exception and a SIGKILL at each of {faults // 2} steps); "
           "links unrecorded after resync: 0; user files changed: 0")
+
+
+def test_a_fault_at_every_step_of_the_move_out_of_unet_is_repaired_too(tmp_path):
+    faults = _inject_at_every_step(tmp_path, _fault_legacy_scenario, 11)
+    print(f"\nfaults injected in the one-time move from unet/<run>/: {faults}")
 
 
 # ---------------------------------------------------------------------------------------------
