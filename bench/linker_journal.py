@@ -62,6 +62,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
     res = {"baseline": [], "this": []}
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", a.baseline + "^{commit}"],
+                      capture_output=True).returncode != 0:
+        print(f"baseline {a.baseline!r} is not a commit in this clone: nothing measured (pass --baseline REV)")
+        return
     with tempfile.TemporaryDirectory(prefix="sd35wb-journal-bench-") as d:
         trees = {"baseline": unpack(a.baseline, Path(d)), "this": REPO}
         for r in range(a.repeats):
