@@ -259,7 +259,7 @@ BAD = [
      "model_name: tiny-sd15.safetensors is not an SD3 / SD3.5 (MMDiT) model: it looks like a Stable Diffusion 1.x "
      "UNet model (not SD3). Expected an SD3.5 model"),
     (dict(model_name="sd35wb-truncated.safetensors"),
-     "model_name: sd35wb-truncated.safetensors is truncated: its tensors need"),
+     "model_name: sd35wb-truncated.safetensors is truncated or still being written: its tensors need"),
     (dict(model_name="sd35wb-pickle.safetensors"),
      "model_name: sd35wb-pickle.safetensors is not a safetensors file (it is a zip archive: a PyTorch .ckpt/.pt pickle "
      "renamed?)"),
