@@ -380,9 +380,11 @@ class SLGSensitivityMapNode(io.ComfyNode):
                 _PER_CALL,
             ],
             outputs=[
-                io.Image.Output("chart", tooltip="Bar chart: per block, RMS(cond - cond skipped) / RMS(cond)."),
-                io.String.Output("numbers", tooltip="JSON: rms, relative_rms, cosine per candidate (averaged and per "
-                                                    "probe), the probe steps and sigmas, and the ranking."),
+                io.Image.Output("chart", display_name="chart",
+                                tooltip="Bar chart: per block, RMS(cond - cond skipped) / RMS(cond)."),
+                io.String.Output("numbers", display_name="numbers", tooltip=(
+                    "JSON: rms, relative_rms, cosine per candidate (averaged and per probe), the probe steps and "
+                    "sigmas, and the ranking.")),
             ],
         )
 
@@ -452,10 +454,12 @@ class SLGLayerExplorerNode(io.ComfyNode):
                 _PER_CALL,
             ],
             outputs=[
-                io.Image.Output("images", tooltip="Every render, baseline (plain CFG) first, then each candidate."),
-                io.Image.Output("grid", tooltip="One labelled grid of all renders (baseline first)."),
-                io.Latent.Output("latents", tooltip="The renders' latents, in the same order."),
-                io.String.Output("labels", tooltip="One label per render, one per line."),
+                io.Image.Output("images", display_name="images",
+                                tooltip="Every render, baseline (plain CFG) first, then each candidate."),
+                io.Image.Output("grid", display_name="grid",
+                                tooltip="One labelled grid of all renders (baseline first)."),
+                io.Latent.Output("latents", display_name="latents", tooltip="The renders' latents, in the same order."),
+                io.String.Output("labels", display_name="labels", tooltip="One label per render, one per line."),
             ],
         )
 
