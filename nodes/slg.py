@@ -73,8 +73,31 @@ def _slice_rows(t, segments, rows_per_chunk):
 
 
 def _assemble(sources, tensors, rows_per_chunk):
-    parts = [tensors[k].narrow(0, s * rows_per_chunk, (e - s) * rows_per_chunk) for k, s, e in S.merge_segments(sources)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    """The block's full-batch output from the computed rows (``"out"``) and the untouched input rows (``"in"``).
+
+    The computed rows are written into the block's input tensor in place (the host's own block loop
+    adds ControlNet residuals into it in place too), so no batch-sized tensor is allocated and the
+    carried rows are not copied at every block; one concatenation when that cannot be done."""
+    segments = S.merge_segments(sources)
+    dst, src = tensors["in"], tensors["out"]
+    in_place = (dst.is_contiguous() and dst.dtype == src.dtype and dst.device == src.device
+                and dst.shape[1:] == src.shape[1:])
+    pos = 0
+    for key, s, e in segments:  # every carried chunk must already sit where the output wants it
+        in_place &= key == "out" or s == pos
+        pos += e - s
+    if not in_place:
+        parts = [tensors[k].narrow(0, s * rows_per_chunk, (e - s) * rows_per_chunk) for k, s, e in segments]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+    pos = 0
+    for key, s, e in segments:
+        k = (e - s) * rows_per_chunk
+        if key == "out":
+            part, target = src.narrow(0, s * rows_per_chunk, k), dst.narrow(0, pos * rows_per_chunk, k)
+            if part.data_ptr() != target.data_ptr():  # a patch that returned its input rows: already in place
+                target.copy_(part)
+        pos += e - s
+    return dst
 
 
 _ROW_LIST_KEYS = ("cond_or_uncond", "uuids", "sd35wb_slg_cond_or_uncond")

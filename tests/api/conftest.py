@@ -15,6 +15,7 @@ def workflow_fixtures(user_models, training_root, tiny_models):
     def rules(nid: str, node: dict, family: str) -> None:
         lcm_rule(nid, node, family)
         tiny_slg_rules(nid, node, family)
+        tiny_slg_explorer_rules(nid, node, family)
         if node["class_type"] == "SD35WB_SimpleTunerLink":  # a finished run under the server's training root
             from tools.simpletuner_fixtures import tiny_example_run
 
@@ -22,3 +23,12 @@ def workflow_fixtures(user_models, training_root, tiny_models):
             node["inputs"].update(output_dir=str(run), run="example-run")
 
     return rules
+
+
+def tiny_slg_explorer_rules(nid: str, node: dict, family: str) -> None:
+    """The tiny model has 4 joint blocks and its steps are capped at 4: candidates that exist, and a window
+    that holds steps 1-3 (Stability's 1-20 % of 4 steps holds none)."""
+    if node["class_type"] == "SD35WB_SLGLayerExplorer":
+        node["inputs"].update(candidates="1 | 2 | 0,3", start=0.0, end=1.0)
+    elif node["class_type"] == "SD35WB_SLGSensitivityMap":
+        node["inputs"].update(candidates="each", start=0.0, end=1.0)
