@@ -56,6 +56,10 @@ def test_search_aliases_reach_object_info_where_supported(C):
             def define_schema(cls):
                 return io.Schema(node_id="SD35WB_CompatProbe", inputs=[], outputs=[], **kw)
 
+            @classmethod
+            def execute(cls) -> io.NodeOutput:
+                return io.NodeOutput()
+
         assert Probe.GET_NODE_INFO_V1()["search_aliases"] == ["skip layer guidance", "slg"]
     else:
         assert kw == {}
