@@ -16,13 +16,12 @@ import comfy.samplers
 import comfy.sd
 import comfy.utils
 import folder_paths
-import nodes as host_nodes
 import torch
 from comfy_api.latest import io
-from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
 
 from ..sd35wb import grid as grid_mod
 from ..sd35wb import lcm
+from . import _compat as C
 
 LOG = logging.getLogger("sd35-workbench")
 CATEGORY = "SD3.5 Workbench/LCM"
@@ -116,7 +115,7 @@ def apply_lora(model, clip, option: str, strength: float, clip_strength: float =
 
 def lcm_sampling(model):
     """Core ModelSamplingDiscrete with sampling "lcm" (an object patch on a clone)."""
-    return ModelSamplingDiscrete().patch(model, "lcm", False)[0]
+    return C.model_sampling_discrete(model, "lcm")
 
 
 def check_cfg(cfg: float) -> None:
@@ -136,8 +135,7 @@ def prepare(model, lcm_lora: str, strength: float):
 def sample(model, seed, steps, cfg, scheduler, positive, negative, latent, denoise, callback=None):
     """What core's common_ksampler does with sampler "lcm"; ``callback(step, total)`` for a shared bar."""
     if callback is None:
-        return host_nodes.common_ksampler(model, seed, steps, cfg, "lcm", scheduler, positive, negative, latent,
-                                          denoise=denoise)[0]
+        return C.ksampler(model, seed, steps, cfg, "lcm", scheduler, positive, negative, latent, denoise=denoise)
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     samples = comfy.sample.sample(model, noise, steps, cfg, "lcm", scheduler, positive, negative, latent_image,
@@ -176,6 +174,7 @@ class LCMLoraSampler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SD35WB_LCMLoraSampler",
+            **C.search_aliases("lcm", "lcm-lora", "few step", "fast sampling"),
             display_name="LCM-LoRA Sampler",
             category=CATEGORY,
             description=("Applies a latent-consistency LoRA (LCM-LoRA, Luo et al. 2023, arXiv 2311.05556), switches "
@@ -205,6 +204,7 @@ class LCMLoraPatch(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SD35WB_LCMLoraPatch",
+            **C.search_aliases("lcm", "lcm-lora", "lcm model sampling"),
             display_name="LCM-LoRA Patch (+ style LoRA)",
             category=CATEGORY,
             description=("LCM-LoRA (arXiv 2311.05556) + LCM model sampling for any sampler node, with an optional "
@@ -245,6 +245,7 @@ class LCMStepSweep(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SD35WB_LCMStepSweep",
+            **C.search_aliases("lcm", "steps comparison", "xy plot"),
             display_name="LCM-LoRA Step Sweep",
             category=CATEGORY,
             description=("Renders the same seed with the LCM-LoRA at 1, 2, ... max_steps steps and returns every "

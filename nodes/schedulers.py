@@ -20,6 +20,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..sd35wb import grid, sigma_plot, sigmas
+from . import _compat as C
 
 LOG = logging.getLogger("sd35-workbench")
 CATEGORY = "SD3.5 Workbench/schedulers"
@@ -105,22 +106,8 @@ def _ztsnr_handler(model_sampling, steps: int) -> torch.Tensor:
 
 
 def register_ksampler_scheduler() -> bool:
-    """Add our schedule to core's scheduler registry, in place, once.
-
-    ``comfy.samplers.KSampler.SCHEDULERS`` *is* ``SCHEDULER_NAMES`` (the same list object), and the
-    V1 KSampler / KSamplerAdvanced and V3 BasicScheduler read it whenever their input types are
-    asked for, so appending keeps every core name, in core's order, and adds ours at the end."""
-    handlers = getattr(comfy.samplers, "SCHEDULER_HANDLERS", None)
-    names = getattr(comfy.samplers, "SCHEDULER_NAMES", None)
-    handler_cls = getattr(comfy.samplers, "SchedulerHandler", None)
-    if not isinstance(handlers, dict) or not isinstance(names, list) or handler_cls is None:
-        LOG.info("[sd35-workbench] this ComfyUI has no scheduler registry; %s not added to KSampler", KSAMPLER_SCHEDULER)
-        return False
-    if KSAMPLER_SCHEDULER not in handlers:
-        handlers[KSAMPLER_SCHEDULER] = handler_cls(_ztsnr_handler, use_ms=True)
-    if KSAMPLER_SCHEDULER not in names:
-        names.append(KSAMPLER_SCHEDULER)
-    return True
+    """Add our schedule to core's scheduler registry (KSampler, KSamplerAdvanced, BasicScheduler), once."""
+    return C.register_scheduler(KSAMPLER_SCHEDULER, _ztsnr_handler, use_ms=True)
 
 
 register_ksampler_scheduler()
@@ -133,6 +120,7 @@ class HighSigmaScheduler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SD35WB_HighSigmaScheduler",
+            **C.search_aliases("sigma max", "high resolution schedule", "novelai sigma"),
             display_name="High-Sigma Scheduler (resolution-scaled)",
             category=CATEGORY,
             description=(
@@ -165,12 +153,12 @@ class HighSigmaScheduler(io.ComfyNode):
                                        "use_dynamic_shifting (0.5 at 256 tokens -> 1.15 at 4096). none: the model's shift."),
                 io.Boolean.Input("only_scale_up", default=True,
                                  tooltip="Never lower sigma_max / shift below the model's own for canvases smaller than the base."),
-                io.Float.Input("sigma_max_override", default=0.0, min=0.0, max=sigmas.SIGMA_MAX_LIMIT, step=0.01,
+                io.Float.Input("sigma_max_override", **C.advanced(), default=0.0, min=0.0, max=sigmas.SIGMA_MAX_LIMIT, step=0.01,
                                tooltip="Discrete models: use this sigma_max instead of the scaled one (0 = off). Up to "
                                        "20000 (NovelAI's zero-terminal-SNR approximation)."),
-                io.Float.Input("sigma_min_override", default=0.0, min=0.0, max=1000.0, step=0.0001,
+                io.Float.Input("sigma_min_override", **C.advanced(), default=0.0, min=0.0, max=1000.0, step=0.0001,
                                tooltip="Discrete models: sigma_min instead of the model's own (0 = from the model)."),
-                io.Float.Input("shift_override", default=0.0, min=0.0, max=100.0, step=0.01,
+                io.Float.Input("shift_override", **C.advanced(), default=0.0, min=0.0, max=100.0, step=0.01,
                                tooltip="Flow models: use this shift instead of the rule's (0 = off)."),
                 io.Latent.Input("latent", optional=True, tooltip="If connected, the canvas size is read from it."),
             ],
@@ -243,6 +231,7 @@ class ZTSNRScheduler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SD35WB_ZTSNRScheduler",
+            **C.search_aliases("zero terminal snr", "ztsnr", "zsnr", "trailing"),
             display_name="Zero-Terminal-SNR Scheduler (trailing)",
             category=CATEGORY,
             description=(
@@ -258,7 +247,7 @@ class ZTSNRScheduler(io.ComfyNode):
                 io.Combo.Input("terminal_sigma", options=list(sigmas.TERMINAL_STANDINS), default="comfyui (4518.76)",
                                tooltip="Finite stand-in for the infinite terminal sigma: ComfyUI's zsnr value (last "
                                        "alpha_bar 4.897e-8 -> 4518.76), NovelAI V3's 20000, or custom_terminal_sigma."),
-                io.Float.Input("custom_terminal_sigma", default=20000.0, min=1.0, max=sigmas.SIGMA_MAX_LIMIT, step=1.0,
+                io.Float.Input("custom_terminal_sigma", **C.advanced(), default=20000.0, min=1.0, max=sigmas.SIGMA_MAX_LIMIT, step=1.0,
                                tooltip="Used when terminal_sigma is 'custom'."),
             ],
             outputs=[io.Sigmas.Output(display_name="SIGMAS"), io.String.Output(display_name="info")],
@@ -315,6 +304,7 @@ class ZTSNRModelPatch(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SD35WB_ZTSNRModelPatch",
+            **C.search_aliases("zero terminal snr", "v-prediction", "zsnr"),
             display_name="ZTSNR / v-prediction Model Patch",
             category=CATEGORY,
             description=(
@@ -391,6 +381,7 @@ class RescaleCFG(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SD35WB_RescaleCFG",
+            **C.search_aliases("cfg rescale", "rescale cfg", "zero terminal snr"),
             display_name="Rescale CFG (v-space, chainable)",
             category=CATEGORY,
             description=(
@@ -446,6 +437,7 @@ class ZTSNRGuider(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SD35WB_ZTSNRGuider",
+            **C.search_aliases("ztsnr", "cond only first steps"),
             display_name="CFG Guider (skip CFG on first steps)",
             category=CATEGORY,
             description=(
@@ -485,6 +477,7 @@ class SigmaPreview(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SD35WB_SigmaPreview",
+            **C.search_aliases("sigma plot", "schedule preview", "sigmas graph"),
             display_name="Sigma Schedule Preview",
             category=CATEGORY,
             description=("Draws a SIGMAS schedule (sigma per step, log axis) as an image and shows it on the node; "

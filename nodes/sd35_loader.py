@@ -19,12 +19,12 @@ import comfy.model_sampling
 import comfy.sd
 import comfy.utils
 import folder_paths
-import nodes as host_nodes
 import torch
 from comfy_api.latest import io
 
 from ..sd35wb import hub, presets
 from ..sd35wb import sd3_inspect as si
+from . import _compat as C
 
 LOG = logging.getLogger("sd35-workbench")
 
@@ -53,7 +53,7 @@ def text_encoder_options() -> list[str]:
 
 
 def vae_options() -> list[str]:
-    approx = TAESD3 in host_nodes.VAELoader.vae_list(host_nodes.VAELoader)
+    approx = TAESD3 in C.vae_names()
     return [FROM_CHECKPOINT] + folder_paths.get_filename_list("vae") + ([TAESD3] if approx else [])
 
 
@@ -129,6 +129,7 @@ class SD35Loader(io.ComfyNode):
         te_opts = text_encoder_options()
         return io.Schema(
             node_id="SD35WB_SD35Loader",
+            **C.search_aliases("sd3.5", "stable diffusion 3.5", "mmdit loader", "sd3 loader"),
             display_name="SD3.5 Loader",
             category="SD3.5 Workbench/loaders",
             description=(
@@ -157,7 +158,7 @@ class SD35Loader(io.ComfyNode):
                                tooltip="T5-XXL text encoder: t5xxl_fp16 (9.8 GB), t5xxl_fp8_e4m3fn (4.9 GB), or none "
                                        "(SD3.5 still works without T5, with weaker prompt following and text "
                                        "rendering): dropping or quantising T5 is how SD3.5 fits 6-10 GB GPUs."),
-                io.Combo.Input("t5_dtype", options=["default", "fp8_e4m3fn"], default="default",
+                io.Combo.Input("t5_dtype", **C.advanced(), options=["default", "fp8_e4m3fn"], default="default",
                                tooltip="default: T5 in the file's own dtype. fp8_e4m3fn: store an fp16 T5 in fp8 "
                                        "(half the memory, like t5xxl_fp8_e4m3fn.safetensors) to fit 6-10 GB GPUs."),
                 io.Combo.Input("vae", options=vae_options(), default=FROM_CHECKPOINT,
@@ -223,7 +224,7 @@ class SD35Loader(io.ComfyNode):
             if vae_path is None:
                 raise ValueError(f"vae: {vae} is not in models/vae.")
             si.check_vae(vae_path, "vae")
-        elif vae == TAESD3 and TAESD3 not in host_nodes.VAELoader.vae_list(host_nodes.VAELoader):
+        elif vae == TAESD3 and TAESD3 not in C.vae_names():
             raise ValueError("vae: taesd3 needs taesd3_encoder and taesd3_decoder .safetensors in models/vae_approx.")
         info = si.inspect_model(model_path, "model_name") if model_path else None
         for slot, p in te_paths.items():
@@ -275,7 +276,7 @@ class SD35Loader(io.ComfyNode):
                              "not SD3; expected an SD3.5 model.")
         clip = ckpt_clip if want_ckpt_clip else cls._load_clip(te_paths, t5_dtype, embeddings)
         if vae != FROM_CHECKPOINT:
-            out_vae = host_nodes.VAELoader().load_vae(vae)[0]
+            out_vae = C.load_vae(vae)
         return io.NodeOutput(shifted(model, shift), clip, out_vae, settings)
 
     @staticmethod

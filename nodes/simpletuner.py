@@ -23,6 +23,7 @@ import torch
 from comfy_api.latest import io
 
 from ..sd35wb import grid, linker, simpletuner, sweep
+from . import _compat as C
 
 LOG = logging.getLogger("sd35-workbench")
 ROOTS_ENV = linker.ROOTS_ENV
@@ -39,11 +40,8 @@ def refresh_host_lists() -> None:
 
     ``folder_paths.get_filename_list`` re-scans when a cached folder's mtime changed (on ext4 here
     every link changed its folder's mtime), but filesystems with coarse timestamps (FAT/exFAT: 2 s,
-    some network mounts) can let a change slip past that check, and the host has no public
-    invalidation call (0.3.75), so the two folders' cache entries are dropped."""
-    for name in (simpletuner.DIFFUSION_MODELS, simpletuner.LORAS):
-        folder_paths.filename_list_cache.pop(name, None)
-        folder_paths.cache_helper.cache.pop(name, None)
+    some network mounts) can let a change slip past that check (see _compat)."""
+    C.refresh_filename_lists((simpletuner.DIFFUSION_MODELS, simpletuner.LORAS))
 
 
 def run_sync(output_dir: str, run: str | None, include, copy: bool = False) -> linker.Report:
@@ -62,6 +60,7 @@ class SimpleTunerLink(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SD35WB_SimpleTunerLink",
+            **C.search_aliases("simpletuner", "checkpoint linker", "training output"),
             display_name="SimpleTuner Checkpoint Linker",
             category="SD3.5 Workbench/training",
             description=(
@@ -136,10 +135,7 @@ def _model_options(weight_dtype: str) -> dict:
 
 def _unload(model) -> None:
     """Take this one model out of the host's memory manager; keep everything else loaded."""
-    mm = comfy.model_management
-    others = [lm for lm in mm.current_loaded_models if lm.model is not model]
-    for device in {lm.device for lm in mm.current_loaded_models if lm.model is model}:
-        mm.free_memory(1e30, device, keep_loaded=others)
+    C.unload_model(model)
 
 
 class CheckpointSweep(io.ComfyNode):
@@ -147,6 +143,7 @@ class CheckpointSweep(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SD35WB_CheckpointSweep",
+            **C.search_aliases("simpletuner", "checkpoint comparison", "xy grid"),
             display_name="Checkpoint Sweep (same seed, every checkpoint)",
             category="SD3.5 Workbench/training",
             description=(
@@ -173,7 +170,7 @@ class CheckpointSweep(io.ComfyNode):
                                tooltip="sgm_uniform, the usual choice for SD3-family flow models."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="1.0 for text-to-image; lower with an encoded image as latent_image (img2img)."),
-                io.Combo.Input("weight_dtype", options=WEIGHT_DTYPES, default="default",
+                io.Combo.Input("weight_dtype", **C.advanced(), options=WEIGHT_DTYPES, default="default",
                                tooltip="As in the core diffusion-model loader (fp8 halves memory per checkpoint)."),
                 io.Combo.Input("order", options=["numeric", "as listed"], default="numeric",
                                tooltip="numeric: checkpoint-800 before checkpoint-1600 (not text order)."),

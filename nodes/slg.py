@@ -35,6 +35,7 @@ from comfy_api.latest import io
 
 from ..sd35wb import presets as presets_mod
 from ..sd35wb import slg as S
+from . import _compat as C
 
 LOG = logging.getLogger("sd35-workbench")
 
@@ -413,7 +414,7 @@ def slg_inputs() -> list:
         io.Float.Input("rescale", default=0.0, min=0.0, max=10.0, step=0.01, optional=True, tooltip=(
             "Optional (core's rescaling_scale): pulls the result's std back toward the positive prediction's "
             "when SLG is active. 0 = off (Stability's reference has none).")),
-        io.Combo.Input("implementation", options=IMPLEMENTATIONS, default="batched", optional=True, tooltip=(
+        io.Combo.Input("implementation", **C.advanced(), options=IMPLEMENTATIONS, default="batched", optional=True, tooltip=(
             "'batched': one model call computes positive, negative and the skip pass, sharing the blocks before "
             "the first skipped one (faster, same result). 'separate pass': core's way, an extra model call; use it "
             "to rule this node out when another pack's patches misbehave. Conflicts with step-caching nodes "
@@ -436,6 +437,7 @@ class SLGGuiderNode(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SD35WB_SLGGuider",
+            **C.search_aliases("skip layer guidance", "slg", "sd3.5 guidance"),
             display_name="SD3.5 SLG Guider",
             category="SD3.5 Workbench/sampling",
             description=CITE + " A GUIDER for SamplerCustomAdvanced.",
@@ -469,6 +471,7 @@ class SLGSamplerNode(io.ComfyNode):
         medium = presets_mod.VARIANTS["medium"]
         return io.Schema(
             node_id="SD35WB_SLGSampler",
+            **C.search_aliases("skip layer guidance", "slg", "ksampler slg"),
             display_name="SD3.5 SLG Sampler",
             category="SD3.5 Workbench/sampling",
             description=CITE + " KSampler-shaped; with settings connected the defaults follow the model.",

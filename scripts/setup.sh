@@ -70,6 +70,9 @@ install_dev_tools() {  # $1 = python
   pipq "$1" -m pip install -q --disable-pip-version-check -r "$REPO/requirements.txt" -r "$REPO/requirements-dev.txt"
 }
 
+# ComfyUI-Manager + comfy-cli in their own cached venv (.install-tools/), for the install tests.
+bash "$REPO/scripts/install_tools.sh"
+
 if [ -n "${COMFYUI_DIR:-}" ]; then
   # An existing install: what real users have. Use its python, add only our deps and test tools.
   [ -f "$COMFYUI_DIR/main.py" ] && [ -f "$COMFYUI_DIR/comfy/model_detection.py" ] || die "COMFYUI_DIR=$COMFYUI_DIR does not look like a ComfyUI checkout (no main.py / comfy/)"

@@ -1,0 +1,171 @@
+"""Every reach into ComfyUI that the host does not promise to keep, in one place.
+
+Each helper detects what the running host offers and takes the most public way there is, so a
+new ComfyUI release breaks this file (and tests/host/test_compat.py says how) rather than the
+nodes. ``FEATURES`` records what was found, for that test and for one start-up log line.
+Not a capability module (the leading underscore keeps it out of node discovery).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+
+import comfy.model_management
+import comfy.samplers
+import folder_paths
+from comfy_api.latest import io
+
+LOG = logging.getLogger("sd35-workbench")
+
+
+def _schema_takes_search_aliases() -> bool:
+    return dataclasses.is_dataclass(io.Schema) and "search_aliases" in {f.name for f in dataclasses.fields(io.Schema)}
+
+
+def _inputs_take_advanced() -> bool:
+    # Checked on every widget input class the pack uses: a host that had it on some only would
+    # reject the keyword on the others at import.
+    classes = (io.Int.Input, io.Float.Input, io.Boolean.Input, io.Combo.Input, io.String.Input)
+    return all("advanced" in inspect.signature(c.__init__).parameters for c in classes)
+
+
+def _filename_caches() -> list[dict]:
+    caches = [getattr(folder_paths, "filename_list_cache", None),
+              getattr(getattr(folder_paths, "cache_helper", None), "cache", None)]
+    return [c for c in caches if isinstance(c, dict)]
+
+
+def _scheduler_registry():
+    handlers = getattr(comfy.samplers, "SCHEDULER_HANDLERS", None)
+    names = getattr(comfy.samplers, "SCHEDULER_NAMES", None)
+    handler_cls = getattr(comfy.samplers, "SchedulerHandler", None)
+    if isinstance(handlers, dict) and isinstance(names, list) and handler_cls is not None:
+        return handlers, names, handler_cls
+    return None
+
+
+def _unload_way() -> str:
+    mm = comfy.model_management
+    if callable(getattr(mm, "unload_model_and_clones", None)):
+        return "unload_model_and_clones"
+    free = getattr(mm, "free_memory", None)
+    if isinstance(getattr(mm, "current_loaded_models", None), list) and callable(free) \
+            and "keep_loaded" in inspect.signature(free).parameters:
+        return "free_memory(keep_loaded=)"
+    return "none"
+
+
+FEATURES: dict[str, object] = {
+    "search_aliases": _schema_takes_search_aliases(),
+    "advanced_inputs": _inputs_take_advanced(),
+    "filename_cache_drop": len(_filename_caches()),  # how many private caches a refresh clears
+    "scheduler_registry": _scheduler_registry() is not None,
+    "unload_model": _unload_way(),
+}
+LOG.info("[sd35-workbench] host features: %s", ", ".join(f"{k}={v}" for k, v in FEATURES.items()))
+
+
+# ----------------------------------------------------------------------------- schema extras
+
+def advanced() -> dict:
+    """``**advanced()`` on an expert input: folded under "advanced" where the host has that."""
+    return {"advanced": True} if FEATURES["advanced_inputs"] else {}
+
+
+def search_aliases(*words: str) -> dict:
+    """``**search_aliases(...)`` on an ``io.Schema``: extra words the node search finds it by."""
+    return {"search_aliases": list(words)} if FEATURES["search_aliases"] else {}
+
+
+# ----------------------------------------------------------------------------- core nodes
+
+def run_core_node(node_id: str, **inputs) -> tuple:
+    """Run a core node through its node contract (V1 ``FUNCTION`` or V3 ``execute``), not its internals.
+
+    Returns the node's outputs as a tuple, like the executor sees them."""
+    import nodes as host_nodes
+
+    cls = host_nodes.NODE_CLASS_MAPPINGS.get(node_id)
+    if cls is None:
+        raise RuntimeError(f"this ComfyUI has no core node {node_id!r}; the SD3.5 Workbench needs it (update ComfyUI)")
+    if isinstance(cls, type) and issubclass(cls, io.ComfyNode):
+        out = cls.execute(**inputs)
+        return tuple(out.result or ())
+    return tuple(getattr(cls(), cls.FUNCTION)(**inputs))
+
+
+def combo_options(node_id: str, input_name: str) -> list[str]:
+    """The choices a core node's combo input offers now (what the host sends the frontend)."""
+    import nodes as host_nodes
+
+    spec = host_nodes.NODE_CLASS_MAPPINGS[node_id].INPUT_TYPES()
+    entry = {**spec.get("required", {}), **spec.get("optional", {})}[input_name]
+    opts = entry[0] if isinstance(entry[0], (list, tuple)) else (entry[1] if len(entry) > 1 else {}).get("options", [])
+    return list(opts)
+
+
+def vae_names() -> list[str]:
+    """What core VAELoader offers: models/vae files plus the TAESD pairs found in vae_approx."""
+    return combo_options("VAELoader", "vae_name")
+
+
+def load_vae(name: str):
+    return run_core_node("VAELoader", vae_name=name)[0]
+
+
+def model_sampling_discrete(model, sampling: str, zsnr: bool = False):
+    """Core ModelSamplingDiscrete (an object patch on a clone; ``model`` is left alone)."""
+    return run_core_node("ModelSamplingDiscrete", model=model, sampling=sampling, zsnr=zsnr)[0]
+
+
+def ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent, denoise=1.0) -> dict:
+    """Core KSampler: same noise, same progress bar, same result as the node."""
+    return run_core_node("KSampler", model=model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name,
+                         scheduler=scheduler, positive=positive, negative=negative, latent_image=latent,
+                         denoise=denoise)[0]
+
+
+# ----------------------------------------------------------------------------- host state
+
+def refresh_filename_lists(folder_names) -> None:
+    """Make ``folder_paths.get_filename_list`` rescan these folders on its next call.
+
+    The host rescans when a folder's mtime changes, but coarse-timestamp filesystems (FAT/exFAT,
+    some network mounts) can hide a change, and no host so far has a public invalidation call, so
+    the cached entries are dropped where the caches are found; elsewhere the mtime check remains."""
+    for cache in _filename_caches():
+        for name in folder_names:
+            cache.pop(name, None)
+
+
+def unload_model(model) -> None:
+    """Take this one model (and its clones) out of the host's memory manager; keep the rest loaded."""
+    mm = comfy.model_management
+    way = FEATURES["unload_model"]
+    if way == "unload_model_and_clones":
+        mm.unload_model_and_clones(model, all_devices=True)
+    elif way == "free_memory(keep_loaded=)":
+        others = [lm for lm in mm.current_loaded_models if lm.model is not model]
+        for device in {lm.device for lm in mm.current_loaded_models if lm.model is model}:
+            mm.free_memory(1e30, device, keep_loaded=others)
+    else:
+        LOG.info("[sd35-workbench] this ComfyUI offers no way to unload one model; it stays until memory is needed")
+
+
+def register_scheduler(name: str, sigmas_fn, use_ms: bool = True) -> bool:
+    """Add a scheduler to core's registry, in place, once, so KSampler and BasicScheduler offer it.
+
+    ``KSampler.SCHEDULERS`` *is* ``SCHEDULER_NAMES`` (the same list object) and the nodes read it
+    whenever their inputs are asked for, so appending keeps core's names, in core's order."""
+    registry = _scheduler_registry()
+    if registry is None:
+        LOG.info("[sd35-workbench] this ComfyUI has no scheduler registry; %s not added to KSampler", name)
+        return False
+    handlers, names, handler_cls = registry
+    if name not in handlers:
+        handlers[name] = handler_cls(sigmas_fn, use_ms=use_ms)
+    if name not in names:
+        names.append(name)
+    return True
