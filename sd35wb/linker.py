@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import shards, simpletuner
+from . import finetune, shards, simpletuner
 
 MANIFEST = ".sd35wb-links.json"
 MANIFEST_VERSION = 1
@@ -43,6 +43,7 @@ class Report:
     bytes_copied: int = 0  # copies (only with copy=True) and merges
     bytes_merged: int = 0
     seconds: float = 0.0
+    detected: dict[str, dict] = field(default_factory=dict)  # exposed diffusion model -> finetune detection
 
     @property
     def changed(self) -> bool:
@@ -52,6 +53,7 @@ class Report:
         out = [f"linked    {n}  ({how})" for n, how in self.linked]
         out += [f"pruned    {n}  ({why})" for n, why in self.pruned]
         out += [f"skipped   {n}  ({why})" for n, why in self.skipped]
+        out += [f"detected  {n}  {d.get('summary') or d.get('error')}" for n, d in self.detected.items()]
         total = sum(len(v) for v in self.exposed.values())
         out.append(f"run {self.run!r}: {len(self.linked)} linked, {len(self.unchanged)} unchanged, "
                    f"{len(self.pruned)} pruned, {len(self.skipped)} skipped; {total} models exposed; "
@@ -65,7 +67,8 @@ class Report:
         return {"run": self.run, "output_dir": self.output_dir, "linked": [list(x) for x in self.linked],
                 "unchanged": self.unchanged, "pruned": [list(x) for x in self.pruned],
                 "skipped": [list(x) for x in self.skipped], "exposed": self.exposed,
-                "bytes_copied": self.bytes_copied, "bytes_merged": self.bytes_merged, "seconds": self.seconds}
+                "bytes_copied": self.bytes_copied, "bytes_merged": self.bytes_merged, "seconds": self.seconds,
+                "detected": self.detected}
 
 
 def _model_name(run: str, name: str) -> str:
@@ -206,6 +209,11 @@ def sync(output_dir: str | os.PathLike, run: str | None, dest_dirs: dict[str, st
             raise ValueError(f"run: {run_dir} leads outside {base} (a symlinked run folder); refusing to write "
                              "through it: remove the link or pick another run name")
         _sync_folder(run_dir, output_dir, run, folder, selected, offered, copy, report)
+    # What each exposed checkpoint is (prediction, zero-SNR, family), from its header and the run's configs.
+    run_cfg = finetune.run_claims(output_dir)
+    for model in report.exposed.get(simpletuner.DIFFUSION_MODELS, []):
+        path = Path(dest_dirs[simpletuner.DIFFUSION_MODELS]) / model
+        report.detected[model] = finetune.detect_checkpoint(path, output_dir, run_cfg)
     report.seconds = time.perf_counter() - t0
     return report
 
