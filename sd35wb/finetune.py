@@ -200,7 +200,9 @@ def _metadata_claims(meta: dict) -> list[Claim]:
 
 
 def _depths(keys, pattern: re.Pattern) -> tuple[int, ...]:
+    """Transformer depth per res block of the input blocks (the stem conv and downsamplers skipped)."""
     blocks: dict[int, int] = {}
+    skip = set()
     for k in keys:
         m = pattern.match(k)
         if m:
@@ -208,7 +210,9 @@ def _depths(keys, pattern: re.Pattern) -> tuple[int, ...]:
             blocks.setdefault(i, 0)
             if j is not None:
                 blocks[i] = max(blocks[i], int(j) + 1)
-    return tuple(blocks[i] for i in sorted(blocks))
+            if k.endswith((f"input_blocks.{i}.0.op.weight", f"input_blocks.{i}.0.weight")):
+                skip.add(i)  # downsampler / stem conv
+    return tuple(blocks[i] for i in sorted(blocks) if i not in skip)
 
 
 _INPUT_BLOCK = re.compile(r"^(?:model\.diffusion_model\.)?input_blocks\.(\d+)\.\d+\.(?:transformer_blocks\.(\d+)\.)?")
@@ -237,8 +241,7 @@ def _weights_claims(tensors: dict) -> tuple[list[Claim], str | None]:
     flavour = None
     if fam == "sdxl":
         depth = _depths([k for k in keys if "input_blocks." in k], _INPUT_BLOCK)
-        # input_blocks.0 is the stem conv; the rest are one (res, transformer) pair per block
-        flavour = _SDXL_SHAPES.get(tuple(depth[1:]))
+        flavour = _SDXL_SHAPES.get(depth)
         if flavour is None:
             adm = [t.shape[1] for k, t in tensors.items() if k.endswith("label_emb.0.0.weight")]
             flavour = "SDXL refiner" if adm and adm[0] == 2560 else None

@@ -18,7 +18,12 @@ from tools.simpletuner_fixtures import fake_checkpoint
 def unet_like(path, ctx=2048, depth=(0, 0, 1, 1, 2, 2), metadata=None, markers=()):
     """A UNet-shaped header: cross-attention width ``ctx`` and SDXL-style transformer depths."""
     t = {"model.diffusion_model.input_blocks.0.0.weight": np.zeros((4, 4), np.float16)}
-    for i, d in enumerate(depth, 1):
+    i = 0
+    for n, d in enumerate(depth):
+        if n and n % 2 == 0:  # a downsampler after every two res blocks, as in ComfyUI's UNetModel
+            i += 1
+            t[f"model.diffusion_model.input_blocks.{i}.0.op.weight"] = np.zeros(2, np.float16)
+        i += 1
         t[f"model.diffusion_model.input_blocks.{i}.0.in_layers.0.weight"] = np.zeros(2, np.float16)
         for j in range(d):
             t[f"model.diffusion_model.input_blocks.{i}.1.transformer_blocks.{j}.attn2.to_k.weight"] = \
