@@ -407,7 +407,7 @@ def apply_detection(model, detection: finetune.Detection | None, prediction: str
     else:
         on, zsnr_src = zsnr == "on", "set on the node"
     sampling_type = _sampling_class(pred)
-    lines = []
+    lines: list[str] = []
     if detection is not None:
         lines.append(f"detected: {detection.summary()}")
     lines.append(f"applied: {pred} [{pred_src}], zsnr {'on' if on else 'off'} [{zsnr_src}]")
@@ -416,8 +416,10 @@ def apply_detection(model, detection: finetune.Detection | None, prediction: str
                      f"{finetune.ZSNR_ALTERNATIVE if finetune.ZSNR_ALTERNATIVE in comfy.samplers.KSAMPLER_NAMES else finetune.ZSNR_FALLBACK} "
                      "is the safe choice")
     summary = "\n".join(lines)
-    if only_if_needed and isinstance(ms, sampling_type) and bool(getattr(ms, "zsnr", False)) == on \
-            and isinstance(ms, comfy.model_sampling.ModelSamplingDiscrete):
+    is_v = isinstance(ms, comfy.model_sampling.V_PREDICTION)  # V_PREDICTION subclasses EPS
+    same = isinstance(ms, comfy.model_sampling.ModelSamplingDiscrete) and is_v == (pred == "v_prediction") \
+        and bool(getattr(ms, "zsnr", False)) == on
+    if only_if_needed and (same or (pred == "eps" and not on)):  # eps + no zsnr: ComfyUI's own choice (EDM too)
         if not on:
             return model, summary + "\n(the host already samples it so: left as loaded)"
         m = model.clone()  # only for the sampler warning
