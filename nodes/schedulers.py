@@ -468,7 +468,7 @@ class ZTSNRModelPatch(io.ComfyNode):
                 io.Combo.Input("zsnr", options=ZSNR_CHOICES, default="auto",
                                tooltip="Zero-terminal-SNR sigma table (terminal 4518.76). auto: on only when a source "
                                        "says the model was trained so (some v-pred models break with it, e.g. EasyFluff)."),
-                io.Combo.Input("detect_from", options=detect_from_choices(), default="none",
+                io.Combo.Input("detect_from", options=detect_from_choices(), default="none", optional=True,
                                tooltip="The file the model was loaded from, read for 'auto' (header only). Explicit "
                                        "prediction / zsnr choices win over what it says."),
             ],
