@@ -15,11 +15,13 @@ import logging
 import math
 
 import comfy.model_sampling
+import comfy.patcher_extension
 import comfy.samplers
+import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
-from ..sd35wb import grid, sigma_plot, sigmas
+from ..sd35wb import finetune, grid, sigma_plot, sigmas
 from . import _compat as C
 
 LOG = logging.getLogger("sd35-workbench")
@@ -299,6 +301,141 @@ def _check_discrete(model, node: str):
     return ms
 
 
+PREDICTION_CHOICES = ["auto", "v_prediction", "eps"]
+ZSNR_CHOICES = ["auto", "on", "off"]
+WARNING_KEY = "sd35wb_zsnr_sampler_warning"
+ZSNR_LIKE_SIGMA = 1000.0  # a first sigma this high is a zero-SNR stand-in (SDXL's own sigma_max is 14.6)
+
+
+def detect_from_choices() -> list[str]:
+    """The files auto can read: ``checkpoints/<name>`` and ``diffusion_models/<name>`` (.safetensors)."""
+    out = ["none"]
+    for folder in ("checkpoints", "diffusion_models"):
+        try:
+            names = folder_paths.get_filename_list(folder)
+        except Exception:  # noqa: BLE001 - a host without the folder lists nothing
+            names = []
+        out += [f"{folder}/{n}" for n in names if n.lower().endswith(".safetensors")]
+    return out
+
+
+def resolve_detect_from(choice: str) -> str:
+    folder, _, name = choice.partition("/")
+    path = folder_paths.get_full_path(folder, name) if folder in ("checkpoints", "diffusion_models") and name else None
+    if not path:
+        raise ValueError(f"detect_from: {choice!r} is not a file in checkpoints/ or diffusion_models/; pick the file "
+                         "the model was loaded from (refresh the node list if it was just added).")
+    return path
+
+
+def show_warning(text: str) -> None:
+    """A warning the user sees: the log, and as text on the node that is running (the sampler)."""
+    LOG.warning("[sd35-workbench] %s", text)
+    try:
+        from comfy_execution.utils import get_executing_context
+        from server import PromptServer
+
+        ctx = get_executing_context()
+        inst = getattr(PromptServer, "instance", None)
+        if ctx is not None and inst is not None and hasattr(inst, "send_progress_text"):
+            inst.send_progress_text(f"warning: {text}", ctx.node_id)
+    except Exception as e:  # noqa: BLE001 - the log line above already carries the warning
+        LOG.debug("[sd35-workbench] no node text for the warning: %s", e)
+
+
+def sampler_name_of(sampler) -> str:
+    fn = getattr(sampler, "sampler_function", None)
+    name = getattr(fn, "__name__", "") or ""
+    return name[len("sample_"):] if name.startswith("sample_") else name
+
+
+def _zsnr_sampler_check(executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: warn (never stop) when a zero-SNR model meets a sampler that collapses on it."""
+    text = finetune.sampler_warning(sampler_name_of(sampler), comfy.samplers.KSAMPLER_NAMES)
+    if text:
+        show_warning(text)
+    return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+
+
+def _sampling_class(prediction: str):
+    if prediction == "v_prediction":
+        return comfy.model_sampling.V_PREDICTION
+    if prediction == "eps":
+        return comfy.model_sampling.EPS
+    raise ValueError(f"prediction: unknown {prediction!r}; expected one of {PREDICTION_CHOICES}.")
+
+
+def apply_detection(model, detection: finetune.Detection | None, prediction: str = "auto", zsnr: str = "auto",
+                    only_if_needed: bool = False):
+    """Sample ``model`` as ``detection`` says (explicit ``prediction`` / ``zsnr`` win); return (model, summary).
+
+    The sweep calls this once per checkpoint with ``only_if_needed``: a model the host already samples
+    as detected (eps files, flow models, files with marker keys) is returned as it is, unpatched."""
+    if prediction not in PREDICTION_CHOICES:
+        raise ValueError(f"prediction: unknown {prediction!r}; expected one of {PREDICTION_CHOICES}.")
+    if zsnr not in ZSNR_CHOICES:
+        raise ValueError(f"zsnr: unknown {zsnr!r}; expected one of {ZSNR_CHOICES}.")
+    if detection is None and "auto" in (prediction, zsnr):
+        raise ValueError("detect_from: prediction / zsnr 'auto' needs the file the model was loaded from; pick it in "
+                         "detect_from, or choose prediction and zsnr explicitly.")
+    ms = _model_sampling(model)
+    flow = is_flow(ms)
+    if flow or (detection is not None and detection.prediction.value == "flow" and prediction == "auto"):
+        if only_if_needed:
+            return model, f"flow matching: left as loaded ({detection.summary() if detection else 'no detection'})"
+        raise ValueError("model: this is a flow-matching model (SD3 / SD3.5 / Flux sampling); SD35WB_ZTSNRModelPatch "
+                         "patches discrete eps / v-prediction models only.")
+    if prediction == "auto":
+        pred = "v_prediction" if detection.prediction.value == "v" else "eps"
+        pred_src = f"auto: {detection.prediction.source}"
+    else:
+        pred, pred_src = prediction, "set on the node"
+    if zsnr == "auto":
+        on = detection.zsnr.value == "yes"
+        zsnr_src = f"auto: {detection.zsnr.source}" + (" (unknown: left off)" if detection.zsnr.value == "unknown" else "")
+    else:
+        on, zsnr_src = zsnr == "on", "set on the node"
+    sampling_type = _sampling_class(pred)
+    lines: list[str] = []
+    if detection is not None:
+        lines.append(f"detected: {detection.summary()}")
+    lines.append(f"applied: {pred} [{pred_src}], zsnr {'on' if on else 'off'} [{zsnr_src}]")
+    if on:
+        lines.append(f"zero-SNR: avoid {' / '.join(finetune.ZSNR_UNSAFE_SAMPLERS)} (they collapse); "
+                     f"{finetune.ZSNR_ALTERNATIVE if finetune.ZSNR_ALTERNATIVE in comfy.samplers.KSAMPLER_NAMES else finetune.ZSNR_FALLBACK} "
+                     "is the safe choice")
+    summary = "\n".join(lines)
+    is_v = isinstance(ms, comfy.model_sampling.V_PREDICTION)  # V_PREDICTION subclasses EPS
+    same = isinstance(ms, comfy.model_sampling.ModelSamplingDiscrete) and is_v == (pred == "v_prediction") \
+        and bool(getattr(ms, "zsnr", False)) == on
+    if only_if_needed and (same or (pred == "eps" and not on)):  # eps + no zsnr: ComfyUI's own choice (EDM too)
+        if not on:
+            return model, summary + "\n(the host already samples it so: left as loaded)"
+        m = model.clone()  # only for the sampler warning
+        summary += "\n(the host already samples it so: sampling left as loaded)"
+    else:
+        class ModelSamplingZTSNR(comfy.model_sampling.ModelSamplingDiscrete, sampling_type):
+            pass
+
+        m = model.clone()
+        m.add_object_patch("model_sampling", ModelSamplingZTSNR(model.model.model_config, zsnr=on))
+    if on:
+        m.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WARNING_KEY)
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WARNING_KEY, _zsnr_sampler_check)
+    return m, summary
+
+
+def auto_patch(model, path: str):
+    """Sweep hook: sample one loaded checkpoint as its files say (one call per checkpoint).
+
+    Returns (model, note); a file whose detection fails is left as loaded, with the reason in the note."""
+    try:
+        detection = finetune.detect_file(path)
+    except (ValueError, OSError) as e:
+        return model, f"not detected ({e}): left as loaded"
+    return apply_detection(model, detection, only_if_needed=True)
+
+
 class ZTSNRModelPatch(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -308,34 +445,40 @@ class ZTSNRModelPatch(io.ComfyNode):
             display_name="ZTSNR / v-prediction Model Patch",
             category=CATEGORY,
             description=(
-                "Samples a discrete model as v-prediction with the zero-terminal-SNR sigma table (Lin et al. 2023), "
-                "exactly like core ModelSamplingDiscrete(v_prediction, zsnr=True). For v-pred ZTSNR fine-tunes whose "
-                "files lack the 'v_pred' / 'ztsnr' marker keys ComfyUI looks for (e.g. SimpleTuner 4.10.1 outputs)."),
+                "Samples a discrete model as v-prediction and/or with the zero-terminal-SNR sigma table (Lin et al. "
+                "2023), exactly like core ModelSamplingDiscrete. 'auto' reads the file the model came from "
+                "(detect_from): marker keys, kohya / ModelSpec / naifu metadata, a SimpleTuner run's configs; "
+                "prediction and zero-SNR are decided separately, each with its source shown on the node. For "
+                "v-pred fine-tunes whose files lack the 'v_pred' / 'ztsnr' marker keys ComfyUI looks for."),
             inputs=[
                 io.Model.Input("model"),
-                io.Combo.Input("prediction", options=["v_prediction", "eps"], default="v_prediction",
-                               tooltip="What the network predicts. ZTSNR needs v_prediction (eps cannot be predicted at SNR 0)."),
-                io.Boolean.Input("zsnr", default=True, tooltip="Use the zero-terminal-SNR sigma table (terminal 4518.76)."),
+                io.Combo.Input("prediction", options=PREDICTION_CHOICES, default="auto",
+                               tooltip="What the network predicts. auto: what detect_from's file says (eps when it "
+                                       "says nothing). ZTSNR needs v_prediction (eps is undefined at SNR 0)."),
+                io.Combo.Input("zsnr", options=ZSNR_CHOICES, default="auto",
+                               tooltip="Zero-terminal-SNR sigma table (terminal 4518.76). auto: on only when a source "
+                                       "says the model was trained so (some v-pred models break with it, e.g. EasyFluff)."),
+                io.Combo.Input("detect_from", options=detect_from_choices(), default="none", optional=True,
+                               tooltip="The file the model was loaded from, read for 'auto' (header only). Explicit "
+                                       "prediction / zsnr choices win over what it says."),
             ],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(), io.String.Output(display_name="detected",
+                                                         tooltip="What was detected (with sources) and applied.")],
         )
 
     @classmethod
-    def execute(cls, model, prediction: str, zsnr: bool) -> io.NodeOutput:
+    def execute(cls, model, prediction: str, zsnr: str, detect_from: str = "none") -> io.NodeOutput:
         _check_discrete(model, "SD35WB_ZTSNRModelPatch")
-        if prediction == "v_prediction":
-            sampling_type = comfy.model_sampling.V_PREDICTION
-        elif prediction == "eps":
-            sampling_type = comfy.model_sampling.EPS
-        else:
-            raise ValueError(f"prediction: unknown {prediction!r}; expected v_prediction or eps.")
-
-        class ModelSamplingZTSNR(comfy.model_sampling.ModelSamplingDiscrete, sampling_type):
-            pass
-
-        m = model.clone()
-        m.add_object_patch("model_sampling", ModelSamplingZTSNR(model.model.model_config, zsnr=bool(zsnr)))
-        return io.NodeOutput(m)
+        detection = None
+        if detect_from and detect_from != "none":
+            path = resolve_detect_from(detect_from)
+            try:
+                detection = finetune.detect_file(path)
+            except ValueError as e:
+                raise ValueError(f"detect_from: {e}") from e
+        m, summary = apply_detection(model, detection, prediction, zsnr)
+        LOG.info("[sd35-workbench] ZTSNR patch: %s", summary.replace("\n", "; "))
+        return io.NodeOutput(m, summary, ui=ui.PreviewText(summary))
 
 
 # ----------------------------------------------------------------------------- CFG rescale
@@ -425,6 +568,14 @@ class CondOnlyFirstStepsGuider(comfy.samplers.CFGGuider):
             return 1.0
         threshold = float(sched[n])
         return 1.0 if float(timestep.max()) > threshold else self.cfg
+
+    def sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        if sigmas is not None and len(sigmas) and float(sigmas.max()) >= ZSNR_LIKE_SIGMA:
+            text = finetune.sampler_warning(sampler_name_of(sampler), comfy.samplers.KSAMPLER_NAMES)
+            patched = getattr(self.model_patcher, "wrappers", {}).get(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, {})
+            if text and WARNING_KEY not in patched:  # a patched model warns from its own wrapper
+                show_warning(text)
+        return super().sample(noise, latent_image, sampler, sigmas, *args, **kwargs)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - core's signature
         return comfy.samplers.sampling_function(self.inner_model, x, timestep, self.conds.get("negative", None),

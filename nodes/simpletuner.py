@@ -10,6 +10,7 @@ sd35wb/grid.py (the labelled strip).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 
@@ -24,6 +25,7 @@ from comfy_api.latest import io
 
 from ..sd35wb import grid, linker, simpletuner, sweep
 from . import _compat as C
+from . import schedulers
 
 LOG = logging.getLogger("sd35-workbench")
 ROOTS_ENV = linker.ROOTS_ENV
@@ -86,6 +88,9 @@ class SimpleTunerLink(io.ComfyNode):
                                  tooltip="The exposed diffusion-model names, one per line, numeric order (feed the Checkpoint Sweep)."),
                 io.String.Output("loras", display_name="loras", tooltip="The exposed LoRA names, one per line."),
                 io.String.Output("report", display_name="report", tooltip="What was linked, pruned and skipped, and why."),
+                io.String.Output("detected", display_name="detected",
+                                 tooltip="JSON: per exposed checkpoint, its family, prediction (eps / v / flow) and "
+                                         "zero-SNR, each with the file or config that says so."),
             ],
         )
 
@@ -120,7 +125,7 @@ class SimpleTunerLink(io.ComfyNode):
         report = run_sync(output_dir.strip(), run.strip() or None, include)
         dm = report.exposed.get(simpletuner.DIFFUSION_MODELS, [])
         lo = report.exposed.get(simpletuner.LORAS, [])
-        return io.NodeOutput("\n".join(dm), "\n".join(lo), report.text())
+        return io.NodeOutput("\n".join(dm), "\n".join(lo), report.text(), json.dumps(report.detected, indent=1))
 
 
 def _model_options(weight_dtype: str) -> dict:
@@ -209,6 +214,8 @@ class CheckpointSweep(io.ComfyNode):
         for i, (name, path) in enumerate(zip(names, paths)):
             mm.throw_exception_if_processing_interrupted()
             model = comfy.sd.load_diffusion_model(path, model_options=_model_options(weight_dtype))
+            model, note = schedulers.auto_patch(model, path)  # v-pred / zero-SNR as the checkpoint's files say
+            LOG.info("[sd35-workbench] sweep %s: %s", name, note.replace("\n", "; "))
             try:
                 lat = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
                 noise = comfy.sample.prepare_noise(lat, seed, latent_image.get("batch_index"))

@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import names, shards, simpletuner
+from . import finetune, names, shards, simpletuner
 
 MANIFEST = ".sd35wb-links.json"
 LOCK = ".sd35wb-links.lock"
@@ -95,6 +95,7 @@ class Report:
     bytes_copied: int = 0  # copies (only with copy=True) and merges
     bytes_merged: int = 0
     seconds: float = 0.0
+    detected: dict[str, dict] = field(default_factory=dict)  # exposed diffusion model -> finetune detection
 
     @property
     def changed(self) -> bool:
@@ -106,6 +107,7 @@ class Report:
         out += [f"linked    {n}  ({how})" for n, how in self.linked]
         out += [f"pruned    {n}  ({why})" for n, why in self.pruned]
         out += [f"skipped   {n}  ({why})" for n, why in self.skipped]
+        out += [f"detected  {n}  {d.get('summary') or d.get('error')}" for n, d in self.detected.items()]
         total = sum(len(v) for v in self.exposed.values())
         out.append(f"run {self.run!r}: {len(self.linked)} linked, {len(self.unchanged)} unchanged, "
                    f"{len(self.pruned)} pruned, {len(self.skipped)} skipped; {total} models exposed; "
@@ -121,7 +123,8 @@ class Report:
                 "skipped": [list(x) for x in self.skipped], "repaired": [list(x) for x in self.repaired],
                 "moved": [list(x) for x in self.moved], "exposed": self.exposed,
                 "entries": {k: [asdict(e) for e in v] for k, v in self.entries.items()},
-                "bytes_copied": self.bytes_copied, "bytes_merged": self.bytes_merged, "seconds": self.seconds}
+                "bytes_copied": self.bytes_copied, "bytes_merged": self.bytes_merged, "seconds": self.seconds,
+                "detected": self.detected}
 
 
 def _model_name(run: str, name: str) -> str:
@@ -476,6 +479,11 @@ def sync(output_dir: str | os.PathLike, run: str | None, dest: Destinations | di
         with _writable_lock(run_dir, folder):
             _step("locked")
             _sync_folder(run_dir, out, run, folder, selected, offered, copy, report, legacy)
+    # What each exposed checkpoint is (prediction, zero-SNR, family), from its header and the run's configs.
+    run_cfg = finetune.run_claims(out)
+    dm_dir = dest.dirs.get(simpletuner.DIFFUSION_MODELS)
+    for model in report.exposed.get(simpletuner.DIFFUSION_MODELS, []) if dm_dir is not None else []:
+        report.detected[model] = finetune.detect_checkpoint(Path(dm_dir) / model, out, run_cfg)
     report.seconds = time.perf_counter() - t0
     return report
 

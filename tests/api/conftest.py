@@ -21,6 +21,17 @@ def workflow_fixtures(user_models, training_root, tiny_models):
 
             run = tiny_example_run(training_root / "example-run", tiny_models / "diffusion_models" / "tiny-sd35m.safetensors")
             node["inputs"].update(output_dir=str(run), run="example-run")
+        if node["class_type"] == "SD35WB_ZTSNRModelPatch" and node["inputs"].get("detect_from", "none") != "none":
+            # auto reads the tiny SDXL-family model saved with kohya v-pred zero-SNR metadata (same weights)
+            import os
+
+            from tools.finetune_fixtures import convention_file
+
+            src = convention_file("kohya", tiny_models)
+            link = user_models / "diffusion_models" / src.name
+            if not os.path.lexists(link):
+                os.symlink(src, link)
+            node["inputs"]["detect_from"] = f"diffusion_models/{src.name}"
 
     return rules
 

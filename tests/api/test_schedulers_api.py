@@ -92,7 +92,7 @@ def test_ksampler_offers_the_ztsnr_schedule_by_name(server):
         assert names[: len(core)] == core and names.count("sd35wb_ztsnr_trailing") == 1, node
     prompt = {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-sd15.safetensors", "weight_dtype": "default"}},
-        "2": {"class_type": "SD35WB_ZTSNRModelPatch", "inputs": {"model": ["1", 0], "prediction": "v_prediction", "zsnr": True}},
+        "2": {"class_type": "SD35WB_ZTSNRModelPatch", "inputs": {"model": ["1", 0], "prediction": "v_prediction", "zsnr": "on"}},
         "3": {"class_type": "SD35WBTest_Conditioning", "inputs": {"family": "sd15", "seed": 1, "width": 128, "height": 128}},
         "4": {"class_type": "SD35WBTest_Conditioning", "inputs": {"family": "sd15", "seed": 2, "width": 128, "height": 128}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},

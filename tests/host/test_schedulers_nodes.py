@@ -72,7 +72,7 @@ def test_ksampler_dropdown_gets_the_ztsnr_schedule_without_losing_core_names(hos
     assert names.count("sd35wb_ztsnr_trailing") == 1
     ksampler_list = host.nodes.NODE_CLASS_MAPPINGS["KSampler"].INPUT_TYPES()["required"]["scheduler"][0]
     assert "sd35wb_ztsnr_trailing" in ksampler_list and "karras" in ksampler_list
-    (patched,) = call(host.nodes, "SD35WB_ZTSNRModelPatch", model=sd15, prediction="v_prediction", zsnr=True)
+    (patched, _) = call(host.nodes, "SD35WB_ZTSNRModelPatch", model=sd15, prediction="v_prediction", zsnr="on")
     for model in (sd15, patched):  # unpatched: the table is rescaled; patched: already zsnr
         (via_core,) = call(host.nodes, "BasicScheduler", model=model, scheduler="sd35wb_ztsnr_trailing", steps=25, denoise=1.0)
         np.testing.assert_allclose(via_core.numpy(), ztsnr(host, model, 25)[0].numpy(), rtol=5e-5)
@@ -139,7 +139,7 @@ def test_high_sigma_bad_input_is_named(host, sd15, kw, message):
 
 def test_flow_model_is_refused_by_the_ztsnr_nodes(host, sd3):
     for node, kw in (("SD35WB_ZTSNRScheduler", dict(steps=4, terminal_sigma="comfyui (4518.76)", custom_terminal_sigma=1.0)),
-                     ("SD35WB_ZTSNRModelPatch", dict(prediction="v_prediction", zsnr=True))):
+                     ("SD35WB_ZTSNRModelPatch", dict(prediction="v_prediction", zsnr="on"))):
         with pytest.raises(ValueError) as e:
             call(host.nodes, node, model=sd3, **kw)
         assert str(e.value).startswith("model: this is a flow-matching model (SD3 / SD3.5 / Flux sampling)")
@@ -170,7 +170,7 @@ def sample(host, model, sigmas, guider=None, cfg=5.0, seed=3, size=64):
 
 
 def test_ztsnr_model_patch_equals_core_model_sampling_discrete(host, sd15):
-    (ours,) = call(host.nodes, "SD35WB_ZTSNRModelPatch", model=sd15, prediction="v_prediction", zsnr=True)
+    (ours, _) = call(host.nodes, "SD35WB_ZTSNRModelPatch", model=sd15, prediction="v_prediction", zsnr="on")
     (core,) = call(host.nodes, "ModelSamplingDiscrete", model=sd15, sampling="v_prediction", zsnr=True)
     ms_o, ms_c = ours.get_model_object("model_sampling"), core.get_model_object("model_sampling")
     assert torch.equal(ms_o.sigmas, ms_c.sigmas) and ms_o.zsnr
@@ -208,7 +208,7 @@ def test_rescale_cfg_equals_core_rescale_cfg_numerically(host, sd15, sigma, mult
 
 
 def test_rescale_cfg_samples_like_core_rescale_cfg(host, sd15):
-    (vpred,) = call(host.nodes, "SD35WB_ZTSNRModelPatch", model=sd15, prediction="v_prediction", zsnr=False)
+    (vpred, _) = call(host.nodes, "SD35WB_ZTSNRModelPatch", model=sd15, prediction="v_prediction", zsnr="off")
     (sig,) = call(host.nodes, "BasicScheduler", model=vpred, scheduler="karras", steps=2, denoise=1.0)
     (ours,) = call(host.nodes, "SD35WB_RescaleCFG", model=vpred, multiplier=0.7)
     (core,) = call(host.nodes, "RescaleCFG", model=vpred, multiplier=0.7)
@@ -216,7 +216,7 @@ def test_rescale_cfg_samples_like_core_rescale_cfg(host, sd15):
 
 
 def test_rescale_cfg_chains_after_another_cfg_function(host, sd15):
-    (vpred,) = call(host.nodes, "SD35WB_ZTSNRModelPatch", model=sd15, prediction="v_prediction", zsnr=True)
+    (vpred, _) = call(host.nodes, "SD35WB_ZTSNRModelPatch", model=sd15, prediction="v_prediction", zsnr="on")
     (core,) = call(host.nodes, "RescaleCFG", model=vpred, multiplier=0.7)
     (both,) = call(host.nodes, "SD35WB_RescaleCFG", model=core, multiplier=0.7)
     assert "sampler_cfg_function" in both.model_options, "core's cfg function is kept"
@@ -241,7 +241,7 @@ def recorded_cfg_scales(host, model, guider_kw, sigmas):
 
 
 def test_guider_skips_cfg_on_the_first_step_only(host, sd15):
-    (vpred,) = call(host.nodes, "SD35WB_ZTSNRModelPatch", model=sd15, prediction="v_prediction", zsnr=True)
+    (vpred, _) = call(host.nodes, "SD35WB_ZTSNRModelPatch", model=sd15, prediction="v_prediction", zsnr="on")
     sig, _ = ztsnr(host, vpred, 3)
     seen, out = recorded_cfg_scales(host, vpred, dict(cfg=5.0, cond_only_steps=1), sig)
     assert [s[1] for s in seen] == [1.0, 5.0, 5.0]
@@ -259,7 +259,7 @@ def test_guider_skips_cfg_on_the_first_step_only(host, sd15):
 
 
 def test_end_to_end_sd15_ztsnr_vpred_in_process(host, sd15):
-    (vpred,) = call(host.nodes, "SD35WB_ZTSNRModelPatch", model=sd15, prediction="v_prediction", zsnr=True)
+    (vpred, _) = call(host.nodes, "SD35WB_ZTSNRModelPatch", model=sd15, prediction="v_prediction", zsnr="on")
     (rescaled,) = call(host.nodes, "SD35WB_RescaleCFG", model=vpred, multiplier=0.7)
     sig, _ = ztsnr(host, rescaled, 4, "novelai (20000)")
     out = sample(host, rescaled, sig, size=128)

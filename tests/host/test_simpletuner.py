@@ -58,7 +58,7 @@ def link_into_user_models(host, user_models):
 @pytest.fixture(scope="module")
 def linked(host, ft_run):
     before = host.folder_paths.get_filename_list("diffusion_models")  # the host caches this list
-    models, loras, report = call(host.nodes, "SD35WB_SimpleTunerLink", output_dir=str(ft_run), run=RUN,
+    models, loras, report, _ = call(host.nodes, "SD35WB_SimpleTunerLink", output_dir=str(ft_run), run=RUN,
                                  full=True, ema=True, lora=True, final=True)
     return before, models.splitlines(), loras.splitlines(), report
 
@@ -188,7 +188,7 @@ def test_rotation_resync_prunes_the_dangling_link(host, ft_run, linked, tmp_path
     names = host.folder_paths.get_filename_list("diffusion_models")
     assert "host-rot/checkpoint-800.safetensors" in names
     shutil.rmtree(run2 / "checkpoint-800")  # SimpleTuner's checkpoints_total_limit rotation
-    models, _, report = call(host.nodes, "SD35WB_SimpleTunerLink", output_dir=str(run2), run="host-rot",
+    models, _, report, _ = call(host.nodes, "SD35WB_SimpleTunerLink", output_dir=str(run2), run="host-rot",
                              full=True, ema=False, lora=False, final=False)
     assert "pruned    host-rot/checkpoint-800.safetensors  (source gone" in report
     assert models.splitlines() == ["host-rot/checkpoint-1600.safetensors", "host-rot/checkpoint-2400.safetensors"]
