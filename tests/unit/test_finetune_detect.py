@@ -147,7 +147,7 @@ def test_linker_records_the_detection_per_exposed_checkpoint(tmp_path):
     fake_checkpoint(out, 1000, model_dir="unet", writer=lambda p, seed: unet_like(p))
     dm = tmp_path / "models" / "diffusion_models"
     dm.mkdir(parents=True)
-    report = linker.sync(out, None, {"diffusion_models": dm}, include=("full",))
+    report = linker.sync(out, None, {"diffusion_models": dm}, include=("full",), roots=str(tmp_path / "train"))
     names = report.exposed["diffusion_models"]
     assert names == ["vrun/checkpoint-500.safetensors", "vrun/checkpoint-1000.safetensors"]
     assert list(report.detected) == names
