@@ -210,6 +210,7 @@ class CheckpointSweep(io.ComfyNode):
             try:
                 x = comfy.sample.fix_empty_latent_channels(model, lat)
                 for c in fresh:
+                    mm.throw_exception_if_processing_interrupted()  # Cancel between images keeps the finished ones
                     noise = comfy.sample.prepare_noise(x, c.seed, latent_image.get("batch_index"))
 
                     def callback(step, x0, x_, total, _base=done * steps):
