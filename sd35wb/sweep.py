@@ -542,6 +542,7 @@ class Sweep:
         self._lock = threading.Lock()
         self._t0 = 0.0
         self.total = 0
+        self.inflight: dict[str, dict[str, Cell]] = {}
 
     def key(self, cell: Cell) -> str:
         return fingerprint(self.signature, cell.model, cell.prompt, cell.seed)
@@ -589,6 +590,7 @@ class Sweep:
     def _render(self, server: Server, model: str, cells: list[Cell]) -> None:
         """Queue every cell of one checkpoint on one server, then collect the images as they finish."""
         pending: dict[str, Cell] = {}
+        self.inflight[server.url] = pending  # what Ctrl-C takes back off this server's queue
         todo = list(cells)
         try:
             while todo:
@@ -683,8 +685,13 @@ class Sweep:
             threads = [threading.Thread(target=self._worker, args=(s, work, alive), daemon=True) for s in self.servers]
             for t in threads:
                 t.start()
-            for t in threads:
-                t.join()
+            try:
+                while any(t.is_alive() for t in threads):
+                    for t in threads:
+                        t.join(0.2)
+            except KeyboardInterrupt:
+                self.cancel()
+                raise
             for _model, left in work.items:  # every server gone
                 for cell in left:
                     self.result.failures[cell] = "not rendered: no server left (run the same command again to resume)"
@@ -694,6 +701,23 @@ class Sweep:
         finally:
             self.state.release()
         return self.result
+
+
+    def cancel(self) -> None:
+        """Ctrl-C: take this sweep's prompts back off every server (queued ones deleted, running ones
+        interrupted by id, so nobody else's prompt is touched); finished images stay recorded."""
+        for server in self.servers:
+            pids = list(self.inflight.get(server.url, {}))
+            if not pids:
+                continue
+            try:
+                with server._open("/queue", {"delete": pids}):
+                    pass
+                for pid in pids:
+                    with server._open("/interrupt", {"prompt_id": pid}):
+                        pass
+            except (urllib.error.URLError, OSError):
+                pass  # a server that is gone has nothing of ours left to run
 
 
 def draw(result: SweepResult, sweep: Sweep, out: Path, max_tile: int = grid.MAX_TILE, page_width: int = grid.MAX_PAGE,
