@@ -362,6 +362,9 @@ def find_seed(prompt: dict, node_id: str | None = None) -> tuple[str, str]:
             raise ValueError(f"--seed-node: node {node_id!r} has no seed / noise_seed number input")
         return str(node_id), key_of(node)
     found = [(nid, key_of(n)) for nid, n in prompt.items() if key_of(n)]
+    if len(found) > 1:  # other nodes may take a seed too (noise generators, test nodes): prefer the sampler
+        found = [(nid, k) for nid, k in found if any(isinstance(prompt[nid]["inputs"].get(i), list)
+                                                     for i in ("model", "positive"))] or found
     if len(found) != 1:
         raise ValueError(f"--seeds: {'no' if not found else 'several'} sampler seed inputs in the workflow"
                          f"{' (' + ', '.join(n for n, _ in found) + ')' if found else ''}; pick one with --seed-node ID")
