@@ -30,44 +30,15 @@ PROMPTS = ["a red fox sitting in fresh snow at dawn", "a portrait of a fox in a 
 
 
 def child(n_ckpt: int, n_prompts: int, work: Path) -> dict:
-    import importlib.util
     import resource
 
     sys.path.append(str(REPO))
-    sys.path.insert(0, str(REPO / "tests"))
-    from tools.comfy_server import host_env
+    from tools.sweep_host import boot
 
-    sys.path.insert(0, host_env()["COMFYUI_DIR"])
-    import comfy.options
-
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
+    nodes, sweep_node = boot(work, threads=1)
     import torch
 
-    torch.set_num_threads(1)
-    import folder_paths
-
-    from tools import tiny_models
-
-    root = tiny_models.build_all()
-    for folder, paths in tiny_models.model_dirs(root).items():
-        for p in paths:
-            folder_paths.add_model_folder_path(folder, str(p))
-    dm = work / "diffusion_models"
-    folder_paths.add_model_folder_path("diffusion_models", str(dm), is_default=True)
-    folder_paths.set_temp_directory(str(work / "temp"))
     names = [f"bench-run/checkpoint-{100 * (i + 1)}.safetensors" for i in range(n_ckpt)]
-    import nodes
-
-    spec = importlib.util.spec_from_file_location("sd35wb_pack", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["sd35wb_pack"] = mod
-    spec.loader.exec_module(mod)
-    sweep_node = importlib.import_module("sd35wb_pack.nodes.sweep").CheckpointSweep
-    te = work / "text_encoders"
-    folder_paths.add_model_folder_path("text_encoders", str(te))
     (clip,) = nodes.CLIPLoader().load_clip("bench_clip_l.safetensors", type="sd3")
     latent = {"samples": torch.zeros([1, 16, 4, 4])}  # what EmptySD3LatentImage gives for 32 x 32
     (vae,) = nodes.VAELoader().load_vae("taesd3")
@@ -94,7 +65,8 @@ def _status_kib(field: str) -> int:
 
 def prepare(work: Path, n_ckpt: int) -> None:
     sys.path.append(str(REPO))
-    from tools import sd35_fixtures, tiny_models
+    from tools import tiny_models
+    from tools.sweep_host import link_clip_l
 
     root = tiny_models.build_all()
     src = root / "diffusion_models" / "tiny-sd35m.safetensors"
@@ -102,8 +74,7 @@ def prepare(work: Path, n_ckpt: int) -> None:
     run.mkdir(parents=True, exist_ok=True)
     for i in range(n_ckpt):
         shutil.copyfile(src, run / f"checkpoint-{100 * (i + 1)}.safetensors")  # a separate file per checkpoint
-    (work / "text_encoders").mkdir(exist_ok=True)
-    (work / "text_encoders" / "bench_clip_l.safetensors").symlink_to(sd35_fixtures.clip_l_file())
+    link_clip_l(work, "bench_clip_l.safetensors")
 
 
 def parse_size(text: str) -> tuple[int, int]:

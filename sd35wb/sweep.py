@@ -506,19 +506,23 @@ class _Work:
         self.busy = 0
         self.cond = threading.Condition()
 
-    def take(self):
+    def take(self, accept=lambda item: True):
+        """The next item this server may take (not one it refused); None when none is left for it."""
         with self.cond:
-            while not self.items and self.busy:
+            while True:
+                mine = next((it for it in self.items if accept(it)), None)
+                if mine is not None:
+                    self.items.remove(mine)
+                    self.busy += 1
+                    return mine
+                if not self.busy:
+                    return None
                 self.cond.wait(0.5)
-            if not self.items:
-                return None
-            self.busy += 1
-            return self.items.pop(0)
 
-    def finish(self, give_back=None) -> None:
+    def finish(self, *give_back) -> None:
         with self.cond:
-            if give_back:
-                self.items.insert(0, give_back)
+            for item in reversed([g for g in give_back if g]):
+                self.items.insert(0, item)
             self.busy -= 1
             self.cond.notify_all()
 
@@ -546,6 +550,7 @@ class Sweep:
         self._t0 = 0.0
         self.total = 0
         self.inflight: dict[str, dict[str, Cell]] = {}
+        self.refused: dict[Cell, dict[str, str]] = {}  # cell -> {server url: why}; tried on the others
 
     def key(self, cell: Cell) -> str:
         return fingerprint(self.signature, cell.model, cell.prompt, cell.seed)
@@ -590,17 +595,26 @@ class Sweep:
                     raise ServerGone(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from e
                 time.sleep(0.7)
 
-    def _render(self, server: Server, model: str, cells: list[Cell]) -> None:
-        """Queue every cell of one checkpoint on one server, then collect the images as they finish."""
+    def _render(self, server: Server, model: str, cells: list[Cell], others: int) -> list[Cell]:
+        """Queue every cell of one checkpoint on one server, then collect the images as they finish.
+        Returns the cells this server refused that another server has not tried yet."""
         pending: dict[str, Cell] = {}
         self.inflight[server.url] = pending  # what Ctrl-C takes back off this server's queue
-        todo = list(cells)
+        todo = [c for c in cells if server.url not in self.refused.get(c, {})]
+        bounce = [c for c in cells if c not in todo]  # refused here before: another server's
         try:
             while todo:
                 try:
                     pending[self._call(server.queue, self._prompt_for(todo[0]))] = todo[0]
                 except PromptError as e:
-                    self._fail(todo[0], str(e), server.url)
+                    tried = self.refused.setdefault(todo[0], {})
+                    tried[server.url] = str(e)
+                    if len(tried) <= others:
+                        bounce.append(todo[0])
+                        self.say(f"refused {self.labels[model]} p{todo[0].prompt_index + 1} seed {todo[0].seed} on "
+                                 f"{server.url}: {e}; trying another server")
+                    else:
+                        self._fail(todo[0], str(e), server.url)
                 todo.pop(0)
             deadline = time.time() + self.timeout
             while pending and time.time() < deadline:
@@ -616,8 +630,9 @@ class Sweep:
             for cell in pending.values():
                 self._fail(cell, f"no result within {self.timeout:.0f} s", server.url)
         except ServerGone as e:
-            e.left = [c for c in cells if c in pending.values() or c in todo]
+            e.left = [c for c in cells if c in pending.values() or c in todo] + bounce
             raise
+        return bounce
 
     def _collect(self, server: Server, cell: Cell, entry: dict) -> None:
         if entry.get("status", {}).get("status_str") == "error":
@@ -644,11 +659,15 @@ class Sweep:
         self._done_line(cell, server.url)
 
     def _worker(self, server: Server, work: _Work, alive: list) -> None:
-        while (item := work.take()) is not None:
+        def accept(item) -> bool:
+            return any(server.url not in self.refused.get(c, {}) for c in item[1])
+
+        while (item := work.take(accept)) is not None:
             model, cells = item
             give_back = None
             try:
-                self._render(server, model, cells)
+                bounced = self._render(server, model, cells, len(alive) - 1)
+                give_back = (model, bounced) if bounced else None
             except ServerGone as e:
                 give_back = (model, e.left) if e.left else None
                 self.say(f"server {server.url} stopped answering ({e}): its {len(e.left)} unfinished image(s) of "
@@ -695,10 +714,11 @@ class Sweep:
             except KeyboardInterrupt:
                 self.cancel()
                 raise
-            for _model, left in work.items:  # every server gone
+            for _model, left in work.items:  # every server gone, or every live one refused these
                 for cell in left:
-                    self.result.failures[cell] = "not rendered: no server left (run the same command again to resume)"
-            if work.items:
+                    why = "; ".join(f"{u}: {w}" for u, w in self.refused.get(cell, {}).items())
+                    self.result.failures[cell] = why or "not rendered: no server left (run the same command again to resume)"
+            if any(c not in self.refused for _, left in work.items for c in left):
                 self.say(f"no server left: {sum(len(c) for _, c in work.items)} image(s) not rendered; run the same "
                          "command again to resume")
         finally:

@@ -32,17 +32,26 @@ def linked(server, training_root):
     if not out.exists():
         for step in (100, 250, 1000):
             stf.diffusers_checkpoint(out, step)
-    status, body = server.request("/sd35wb/simpletuner/sync", {"output_dir": RUN, "run": RUN})
-    assert status == 200, body
+    _link(server)
     return [f"{RUN}/checkpoint-{s}.safetensors" for s in (100, 250, 1000)]
 
 
-@pytest.fixture(scope="module")
-def second_server(tiny_models, user_models, training_root, tmp_path_factory):
-    """Another ComfyUI on the same model folders (as a second GPU box would mount them)."""
-    base = tmp_path_factory.mktemp("comfy-base-2")
+def _start(base, tiny_models, user_models, training_root) -> ComfyServer:
     cfg = prepare_base(base, model_roots(tiny_models, user_models), {"sd35wb_testnodes": TESTS / "testnodes"})
-    srv = ComfyServer(base, cfg, env={"SD35WB_TRAINING_ROOTS": str(training_root)}).start()
+    return ComfyServer(base, cfg, env={"SD35WB_TRAINING_ROOTS": str(training_root)}).start()
+
+
+def _link(srv) -> None:
+    """Each server box links the run into its own models folder (Sync now on each)."""
+    status, body = srv.request("/sd35wb/simpletuner/sync", {"output_dir": RUN, "run": RUN})
+    assert status == 200, body
+
+
+@pytest.fixture(scope="module")
+def second_server(tiny_models, user_models, training_root, tmp_path_factory, linked):
+    """Another ComfyUI on the same training root, with the run linked too (a second GPU box)."""
+    srv = _start(tmp_path_factory.mktemp("comfy-base-2"), tiny_models, user_models, training_root)
+    _link(srv)
     yield srv
     srv.stop()
 
@@ -152,10 +161,9 @@ def test_grid_over_two_servers_then_resume_after_ctrl_c(server, second_server, l
 
 def test_a_server_killed_mid_sweep_hands_its_work_to_the_other(server, linked, clip_link, tmp_path,
                                                                tiny_models, user_models, training_root):
-    base = tmp_path / "doomed"
-    cfg = prepare_base(base, model_roots(tiny_models, user_models), {"sd35wb_testnodes": TESTS / "testnodes"})
-    doomed = ComfyServer(base, cfg, env={"SD35WB_TRAINING_ROOTS": str(training_root)}).start()
+    doomed = _start(tmp_path / "doomed", tiny_models, user_models, training_root)
     try:
+        _link(doomed)
         wf = _workflow(tmp_path, "cli_dead")
         out = tmp_path / "dead.png"
         proc = _cli("--workflow", wf, "--run", RUN, "--seeds", "11,12,13", "--server", doomed.url,
@@ -194,3 +202,19 @@ def test_bad_input_is_named_and_the_rest_completes(server, linked, clip_link, tm
     assert "1 rendered, 0 reused" in r.stdout
     page = np.asarray(Image.open(out).convert("RGB"))
     assert page.shape[0] > 3 * PX, "three rows: the rendered one and two that say why they failed"
+
+
+def test_a_server_that_refuses_hands_the_image_to_one_that_accepts(server, linked, clip_link, tmp_path,
+                                                                   tiny_models, user_models, training_root):
+    """A server without the run linked answers HTTP 400 for its checkpoints: they go to the other server."""
+    bare = _start(tmp_path / "bare", tiny_models, user_models, training_root)
+    try:
+        wf = _workflow(tmp_path, "cli_refuse")
+        out = tmp_path / "refuse.png"
+        r = _cli("--workflow", wf, "--models", ",".join(linked[:2]), "--server", bare.url, "--server", server.url,
+                 "--out", out)
+    finally:
+        bare.stop()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"on {bare.url}: rejected (HTTP 400)" in r.stdout and "trying another server" in r.stdout
+    assert "2 rendered, 0 reused" in r.stdout
