@@ -113,6 +113,10 @@ def main() -> int:
     pb = statistics.median(r["peak_rss_mib"] for r in runs[big])
     ps = statistics.median(r["peak_rss_mib"] for r in runs[small])
     ratio = pb / ps
+    gb = statistics.median(r["peak_rss_mib"] - r["rss_before_sweep_mib"] for r in runs[big])
+    gs = statistics.median(r["peak_rss_mib"] - r["rss_before_sweep_mib"] for r in runs[small])
+    print(f"growth during the sweep (peak - RSS before it): {big[0]}x{big[1]} {gb:.0f} MiB, "
+          f"{small[0]}x{small[1]} {gs:.0f} MiB")
     print(f"peak RSS {big[0]}x{big[1]} / {small[0]}x{small[1]}: {ratio:.3f} (target <= {TARGET}) "
           f"{'OK' if ratio <= TARGET else 'ABOVE TARGET'}")
     return 0 if ratio <= TARGET else 1
