@@ -225,6 +225,13 @@ class CheckpointSweep(io.ComfyNode):
                     samples[c] = out
                     done += 1
                     pbar.update_absolute(done * steps)
+            except (mm.InterruptProcessingException, torch.OutOfMemoryError):
+                raise
+            except Exception as e:  # noqa: BLE001 - e.g. a checkpoint whose shapes do not fit the conditioning
+                LOG.warning("[sd35-workbench] sweep: %s failed while sampling: %s", name, e)
+                skipped[name] = f"failed while sampling: {type(e).__name__}: {e}"
+                done = sum(1 for c in todo if c in samples) + sum(1 for c in todo if c.model in skipped)
+                pbar.update_absolute(done * steps)
             finally:
                 _unload(model)
                 del model

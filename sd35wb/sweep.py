@@ -534,11 +534,20 @@ class Sweep:
         self.prompt, self.models, self.out, self.log = prompt, models, Path(out), log
         self.loader = find_loader(prompt, loader_node)
         self.text = find_prompt(prompt, prompt_node) if prompts or prompt_node else None
-        self.seed = find_seed(prompt, seed_node) if seeds or seed_node else None
+        if seeds or seed_node:
+            self.seed = find_seed(prompt, seed_node)
+        else:  # the workflow's own seed, only to label the column
+            try:
+                self.seed = find_seed(prompt)
+            except ValueError:
+                self.seed = None
+        if not prompts and not self.text:
+            try:
+                self.text = find_prompt(prompt)
+            except ValueError:
+                pass
         self.prompts = prompts or [prompt[self.text[0]]["inputs"]["text"] if self.text else "(the workflow's prompt)"]
-        self.seeds = seeds or [prompt[self.seed[0]]["inputs"][self.seed[1]] if self.seed else
-                               next((n["inputs"][k] for n in prompt.values() for k in SEED_INPUTS
-                                     if isinstance(n.get("inputs", {}).get(k), int)), 0)]
+        self.seeds = seeds or [prompt[self.seed[0]]["inputs"][self.seed[1]] if self.seed else 0]
         self.output_node, self.timeout = output_node, timeout
         self.servers = [Server(u) for u in servers]
         self.labels = dict(zip(models, labels_for(models)))

@@ -154,9 +154,16 @@ def test_grid_over_two_servers_then_resume_after_ctrl_c(server, second_server, l
     assert np.array_equal(page[head_h + PX:head_h + 2 * PX, label_w + 3 * PX:], img)
     arrs = [np.asarray(Image.open(f).convert("RGB")) for f in files]
     assert len({a.tobytes() for a in arrs}) == 12, "every checkpoint x prompt x seed differs"
-    # A third run renders nothing.
-    again = _cli(*args)
+    # A third run renders nothing; with SimpleTuner's validation image of step 250 beside its row.
+    val = Path(server.env["SD35WB_TRAINING_ROOTS"]) / RUN / "validation_images"
+    val.mkdir(exist_ok=True)
+    Image.new("RGB", (PX, PX), (255, 0, 0)).save(val / f"step_250_validation_{PX}x{PX}.png")
+    again = _cli(*args, "--validation-images", val.parent)
     assert again.returncode == 0 and "0 rendered, 12 reused" in again.stdout
+    page = np.asarray(Image.open(out).convert("RGB"))
+    assert page.shape[1] == label_w + 5 * PX
+    assert tuple(page[head_h + PX + PX // 2, label_w + 4 * PX + PX // 2]) == (255, 0, 0)
+    assert (page[head_h:head_h + PX, label_w + 4 * PX:] == (24, 24, 24)).all(), "step 100 has none"
 
 
 def test_a_server_killed_mid_sweep_hands_its_work_to_the_other(server, linked, clip_link, tmp_path,
