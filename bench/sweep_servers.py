@@ -7,7 +7,10 @@ seeds, 64 px) through ``sd35wb.sweep`` with one server and with both, alternatin
 busy, two servers share the same CPUs: the ratio measures the hand-out overhead and overlap there,
 not a second GPU box.
 
-Run: $COMFYUI_PYTHON bench/sweep_servers.py [--rounds 2] [--checkpoints 4] [--seeds 4]
+Run: $COMFYUI_PYTHON bench/sweep_servers.py [--rounds 2] [--checkpoints 4] [--seeds 4] [--server-threads N]
+
+With torch's default threads each server spins one thread per core, so two servers on one machine
+oversubscribe it; ``--server-threads 1`` gives each server one core.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--checkpoints", type=int, default=4)
     ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--server-threads", type=int, default=0,
+                    help="OMP/torch threads per server (default: torch's own, one per core)")
     args = ap.parse_args()
     import simpletuner_helpers as sth
 
@@ -57,7 +62,8 @@ def main() -> int:
             for k in range(2):
                 base = tmp / f"base{k}"
                 cfg = prepare_base(base, roots, {"sd35wb_testnodes": REPO / "tests" / "testnodes"})
-                servers.append(ComfyServer(base, cfg).start())
+                env = {"OMP_NUM_THREADS": str(args.server_threads)} if args.server_threads else {}
+                servers.append(ComfyServer(base, cfg, env=env).start())
             prompt = sth.tiny(sth.load("simpletuner_sweep_cli.json"), px=64, steps=2, prefix="bench_sweep")
             per_image = {1: [], 2: []}
             for r in range(args.rounds):
