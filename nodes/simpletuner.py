@@ -1,10 +1,9 @@
-"""SimpleTuner checkpoint linker and checkpoint sweep: from a training run to "which checkpoint is best".
+"""SimpleTuner checkpoint linker: from a training run to checkpoints ComfyUI lists.
 
-Nodes: SD35WB_SimpleTunerLink (link a run's checkpoints into the host's model folders) and
-SD35WB_CheckpointSweep (render the same seed on every checkpoint, one model resident at a time).
+Node: SD35WB_SimpleTunerLink (link a run's checkpoints into the host's model folders); the
+checkpoint sweep that renders them is nodes/sweep.py.
 Route: POST /sd35wb/simpletuner/sync (the "Sync now" button in js/sd35wb_simpletuner.js).
-Plain logic: sd35wb/simpletuner.py (layout), sd35wb/linker.py (links), sd35wb/shards.py (merging),
-sd35wb/grid.py (the labelled strip).
+Plain logic: sd35wb/simpletuner.py (layout), sd35wb/linker.py (links), sd35wb/shards.py (merging).
 """
 
 from __future__ import annotations
@@ -14,18 +13,11 @@ import json
 import logging
 import os
 
-import comfy.model_management
-import comfy.sample
-import comfy.samplers
-import comfy.sd
-import comfy.utils
 import folder_paths
-import torch
 from comfy_api.latest import io
 
-from ..sd35wb import grid, linker, simpletuner, sweep
+from ..sd35wb import linker, simpletuner
 from . import _compat as C
-from . import schedulers
 
 LOG = logging.getLogger("sd35-workbench")
 ROOTS_ENV = linker.ROOTS_ENV
@@ -128,123 +120,7 @@ class SimpleTunerLink(io.ComfyNode):
         return io.NodeOutput("\n".join(dm), "\n".join(lo), report.text(), json.dumps(report.detected, indent=1))
 
 
-def _model_options(weight_dtype: str) -> dict:
-    if weight_dtype == "fp8_e4m3fn":
-        return {"dtype": torch.float8_e4m3fn}
-    if weight_dtype == "fp8_e4m3fn_fast":
-        return {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True}
-    if weight_dtype == "fp8_e5m2":
-        return {"dtype": torch.float8_e5m2}
-    return {}
-
-
-def _unload(model) -> None:
-    """Take this one model out of the host's memory manager; keep everything else loaded."""
-    C.unload_model(model)
-
-
-class CheckpointSweep(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="SD35WB_CheckpointSweep",
-            **C.search_aliases("simpletuner", "checkpoint comparison", "xy grid"),
-            display_name="Checkpoint Sweep (same seed, every checkpoint)",
-            category="SD3.5 Workbench/training",
-            description=(
-                "Renders the same seed and settings on every listed diffusion model, one model resident at a "
-                "time through the host's model management, and returns the images plus one labelled strip "
-                "(checkpoint-800, checkpoint-1600, ...) to pick the best checkpoint of a training run."
-            ),
-            inputs=[
-                io.String.Input("models", multiline=True, default="",
-                                tooltip="diffusion_models names, one per line (the linker's 'models' output, or typed)."),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
-                io.Latent.Input("latent_image"),
-                io.Vae.Input("vae"),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
-                             tooltip="The same seed is rendered on every checkpoint."),
-                io.Int.Input("steps", default=28, min=1, max=10000,
-                             tooltip="Sampling steps per checkpoint; 28 is diffusers' SD3 default (Stability's reference uses 50)."),
-                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="CFG scale; 5.0 is Stability's SD3.5 Medium reference (4.5 for Large)."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="dpmpp_2m",
-                               tooltip="dpmpp_2m as in Stability's SD3.5 reference."),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="sgm_uniform",
-                               tooltip="sgm_uniform, the usual choice for SD3-family flow models."),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="1.0 for text-to-image; lower with an encoded image as latent_image (img2img)."),
-                io.Combo.Input("weight_dtype", **C.advanced(), options=WEIGHT_DTYPES, default="default",
-                               tooltip="As in the core diffusion-model loader (fp8 halves memory per checkpoint)."),
-                io.Combo.Input("order", options=["numeric", "as listed"], default="numeric",
-                               tooltip="numeric: checkpoint-800 before checkpoint-1600 (not text order)."),
-                io.Int.Input("columns", default=0, min=0, max=64,
-                             tooltip="Tiles per row; 0 puts every checkpoint in one row."),
-            ],
-            outputs=[
-                io.Image.Output("images", display_name="images", tooltip="Every image of every checkpoint (the latent's batch per checkpoint), in strip order."),
-                io.Image.Output("strip", display_name="strip", tooltip="The labelled strip / grid: the first image of each checkpoint."),
-                io.String.Output("labels", display_name="labels", tooltip="Tile labels, one per line, in order."),
-            ],
-        )
-
-    @classmethod
-    def execute(cls, models: str, positive, negative, latent_image, vae, seed: int, steps: int, cfg: float,
-                sampler_name: str, scheduler: str, denoise: float, weight_dtype: str = "default",
-                order: str = "numeric", columns: int = 0) -> io.NodeOutput:
-        names = sweep.parse_model_list(models)
-        if not names:
-            raise ValueError("models: no model names; connect the linker's 'models' output or list diffusion_models names")
-        if order == "numeric":
-            names = simpletuner.natural_sorted(names)
-        paths, missing = [], []
-        for n in names:
-            p = folder_paths.get_full_path("diffusion_models", n)
-            (paths.append(p) if p else missing.append(n))
-        if missing:
-            raise ValueError(f"models: not in diffusion_models: {', '.join(missing)}. Run the SimpleTuner linker "
-                             "(or press Sync now) so they are linked, or fix the names")
-        bad = [n for n in names if not n.lower().endswith(".safetensors")]
-        if bad:
-            raise ValueError(f"models: only .safetensors files are loaded, not {', '.join(bad)}")
-        mm = comfy.model_management
-        pbar = comfy.utils.ProgressBar(len(names) * steps)
-        images = []
-        for i, (name, path) in enumerate(zip(names, paths)):
-            mm.throw_exception_if_processing_interrupted()
-            model = comfy.sd.load_diffusion_model(path, model_options=_model_options(weight_dtype))
-            model, note = schedulers.auto_patch(model, path)  # v-pred / zero-SNR as the checkpoint's files say
-            LOG.info("[sd35-workbench] sweep %s: %s", name, note.replace("\n", "; "))
-            try:
-                lat = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-                noise = comfy.sample.prepare_noise(lat, seed, latent_image.get("batch_index"))
-
-                def callback(step, x0, x, total, _base=i * steps):
-                    pbar.update_absolute(_base + step + 1)
-
-                samples = comfy.sample.sample(
-                    model, noise, steps, cfg, sampler_name, scheduler, positive, negative, lat, denoise=denoise,
-                    noise_mask=latent_image.get("noise_mask"), callback=callback,
-                    disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-            finally:
-                _unload(model)
-                del model
-                mm.cleanup_models_gc()
-                mm.soft_empty_cache()
-            decoded = vae.decode(samples)
-            if decoded.ndim == 5:
-                decoded = decoded.reshape(-1, *decoded.shape[-3:])
-            images.append(decoded.detach().float().cpu())
-            pbar.update_absolute((i + 1) * steps)
-            LOG.info("[sd35-workbench] sweep %d/%d: %s", i + 1, len(names), name)
-        labels = sweep.labels_for(names)
-        strip = grid.labelled_strip([im[0].numpy() for im in images], labels, columns or None)  # first of each batch
-        strip_t = torch.from_numpy(grid.to_array(strip))[None]
-        return io.NodeOutput(torch.cat(images, dim=0), strip_t, "\n".join(labels))
-
-
-NODES = [SimpleTunerLink, CheckpointSweep]
+NODES = [SimpleTunerLink]  # the checkpoint sweep node lives in nodes/sweep.py
 
 
 # ---------------------------------------------------------------------------------------------

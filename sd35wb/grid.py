@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import re
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -81,3 +83,126 @@ def labelled_strip(images, labels, columns=None, padding: int = 0, label_height:
 def step_labels(counts: list[int]) -> list[str]:
     """["1 step", "2 steps", ...] for the given step counts."""
     return [f"{n} step" if n == 1 else f"{n} steps" for n in counts]
+
+
+# ---------------------------------------------------------------------------------------------
+# The checkpoint sweep's grid: rows = checkpoints, columns = prompt x seed (x batch image)
+
+MAX_TILE = 256  # a tile's longer side; sweep renders are downscaled to this in the grid
+MAX_PAGE = 4096  # a page's width and height limit (what an image viewer / browser shows whole)
+
+
+def step_label(label: str) -> str:
+    """'checkpoint-800' -> 'step 800', 'checkpoint-800-ema' -> 'step 800 ema'; other labels unchanged."""
+    m = re.match(r"^(?:.*/)?checkpoint-(\d+)(.*)$", label)
+    if not m:
+        return label
+    rest = m.group(2).replace("-", " ").strip()
+    return f"step {m.group(1)}" + (f" {rest}" if rest else "")
+
+
+def snippet(text: str, n: int = 28) -> str:
+    """The first words of a prompt, cut at n characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1].rstrip() + "\u2026"
+
+
+class Note(str):
+    """A cell's text drawn in its tile instead of an image (why it failed or was skipped)."""
+
+
+def _open_cell(cell):
+    """A cell is an image (PIL / array), a path to one, a :class:`Note`, or None (left empty)."""
+    if cell is None or isinstance(cell, Note):
+        return cell
+    if isinstance(cell, (str, os.PathLike)):
+        with Image.open(cell) as im:
+            return im.convert("RGB")
+    return to_pil(cell)
+
+
+def _fit(draw, text: str, font, width: int, from_left: bool = False) -> str:
+    shown = text
+    while len(shown) > 1 and draw.textlength(shown, font=font) > width:
+        shown = "\u2026" + shown[2:] if from_left else shown[:-2] + "\u2026"
+    return shown
+
+
+def tile_size(sizes, max_tile: int = MAX_TILE) -> tuple[int, int]:
+    """The grid's tile size: the largest (w, h) among ``sizes``, scaled so its longer side <= max_tile."""
+    w = max(s[0] for s in sizes)
+    h = max(s[1] for s in sizes)
+    scale = min(1.0, max_tile / max(w, h))
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def sweep_pages(rows, row_labels, col_labels, tile: tuple[int, int], max_width: int = MAX_PAGE,
+                max_height: int = MAX_PAGE) -> list[Image.Image]:
+    """The sweep grid, split into pages no wider than ``max_width`` (nor taller than ``max_height``).
+
+    ``rows[r][c]`` is one cell (see :func:`_open_cell`); every page repeats the row labels on the
+    left and the column labels on top. Cells are opened and downscaled one at a time, so memory
+    holds one page plus one full-size image, however large the sweep."""
+    if not rows or not col_labels:
+        raise ValueError("rows: nothing to draw (no checkpoints or no columns); give at least one of each")
+    if len(row_labels) != len(rows) or any(len(r) != len(col_labels) for r in rows):
+        raise ValueError("rows: every row needs one label and one cell per column label")
+    tw, th = tile
+    font = _font(max(10, min(20, th // 10)))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = probe.textbbox((0, 0), "Ag", font=font)[3] + 4
+    label_w = min(max(tw, 64), 8 + max(int(probe.textlength(s, font=font)) for s in row_labels))
+    head_h = 2 * line_h + 4
+    per_row = max(1, (max_width - label_w) // tw)
+    per_col = max(1, (max_height - head_h) // th)
+    pages = []
+    for r0 in range(0, len(rows), per_col):
+        for c0 in range(0, len(col_labels), per_row):
+            rs, cs = range(r0, min(r0 + per_col, len(rows))), range(c0, min(c0 + per_row, len(col_labels)))
+            page = Image.new("RGB", (label_w + len(cs) * tw, head_h + len(rs) * th), BACKGROUND)
+            draw = ImageDraw.Draw(page)
+            for j, c in enumerate(cs):
+                x = label_w + j * tw
+                for k, line in enumerate(str(col_labels[c]).split("\n")[:2]):
+                    draw.text((x + 3, 2 + k * line_h), _fit(draw, line, font, tw - 6), fill=TEXT, font=font)
+            for i, r in enumerate(rs):
+                y = head_h + i * th
+                draw.text((4, y + 4), _fit(draw, str(row_labels[r]), font, label_w - 8, True), fill=TEXT, font=font)
+                for j, c in enumerate(cs):
+                    x = label_w + j * tw
+                    cell = _open_cell(rows[r][c])
+                    if isinstance(cell, Image.Image):
+                        if cell.width > tw or cell.height > th:
+                            cell.thumbnail((tw, th), Image.LANCZOS)
+                        page.paste(cell, (x + (tw - cell.width) // 2, y + (th - cell.height) // 2))
+                    elif isinstance(cell, Note):
+                        draw.rectangle((x + 1, y + 1, x + tw - 2, y + th - 2), outline=(160, 60, 60))
+                        for k, line in enumerate(_wrap(draw, cell, font, tw - 8)[: max(1, th // line_h - 1)]):
+                            draw.text((x + 4, y + 4 + k * line_h), line, fill=(240, 150, 150), font=font)
+            pages.append(page)
+    return pages
+
+
+def _wrap(draw, text: str, font, width: int) -> list[str]:
+    lines, cur = [], ""
+    for word in text.split():
+        cand = f"{cur} {word}".strip()
+        if cur and draw.textlength(cand, font=font) > width:
+            lines.append(cur)
+            cur = word
+        else:
+            cur = cand
+    return lines + ([cur] if cur else [])
+
+
+def same_size(pages: list[Image.Image]) -> list[Image.Image]:
+    """Pages padded to one size (ComfyUI's IMAGE batch needs one height and width)."""
+    w, h = max(p.width for p in pages), max(p.height for p in pages)
+    out = []
+    for p in pages:
+        if p.size != (w, h):
+            q = Image.new("RGB", (w, h), BACKGROUND)
+            q.paste(p, (0, 0))
+            p = q
+        out.append(p)
+    return out

@@ -32,6 +32,13 @@ def tiny(prompt: dict, px: int = 64, steps: int = 2, prefix: str = "st_test") ->
             inp.update(width=px, height=px, batch_size=1)
         elif ct in ("KSampler", "SD35WB_CheckpointSweep"):
             inp.update(steps=steps, cfg=4.0, sampler_name="euler", scheduler="simple")
+        if ct == "SD35WB_CheckpointSweep" and "clip" in inp:  # its prompts need a text encoder: one test prompt
+            del inp["clip"]
+            inp["prompts"] = ""
+            pid = f"{nid}_positive"
+            p[pid] = {"class_type": "SD35WBTest_Conditioning",
+                      "inputs": {"family": "sd3", "seed": next(seeds), "width": px, "height": px}}
+            inp["positive"] = [pid, 0]
         elif ct == "SaveImage":
             inp["filename_prefix"] = prefix
     return p

@@ -11,11 +11,15 @@ def workflow_fixtures(user_models, training_root, tiny_models):
     from lcm_helpers import workflow_rule, write_loras
 
     lcm_rule = workflow_rule(write_loras(tiny_models, user_models))
+    sweep_rule = sweep_clip_rule(user_models)
 
     def rules(nid: str, node: dict, family: str) -> None:
         lcm_rule(nid, node, family)
         tiny_slg_rules(nid, node, family)
         tiny_slg_explorer_rules(nid, node, family)
+
+
+        sweep_rule(nid, node, family)
         if node["class_type"] == "SD35WB_SimpleTunerLink":  # a finished run under the server's training root
             from tools.simpletuner_fixtures import tiny_example_run
 
@@ -43,3 +47,23 @@ def tiny_slg_explorer_rules(nid: str, node: dict, family: str) -> None:
         node["inputs"].update(candidates="1 | 2 | 0,3", start=0.0, end=1.0)
     elif node["class_type"] == "SD35WB_SLGSensitivityMap":
         node["inputs"].update(candidates="each", start=0.0, end=1.0)
+
+
+def sweep_clip_rule(user_models):
+    """The checkpoint sweep encodes its own prompts: give it a real (random-weight) CLIP-L as SD3's
+    text encoder instead of the three real ones (only nodes something still reads ever execute)."""
+    from tools import sd35_fixtures
+
+    dest = user_models / "text_encoders" / "tiny-sweep-clip_l.safetensors"
+
+    def rule(nid: str, node: dict, family: str) -> None:
+        if node["class_type"] == "TripleCLIPLoader":
+            if not dest.exists():
+                dest.symlink_to(sd35_fixtures.clip_l_file())
+            node.update(class_type="CLIPLoader", inputs={"clip_name": dest.name, "type": "sd3", "device": "default"})
+        elif node["class_type"] == "SD35WB_CheckpointSweep":  # CPU time: one trained and one held-out prompt, one seed
+            lines = node["inputs"]["prompts"].splitlines()
+            keep = [ln for i, ln in enumerate(lines) if i and lines[i - 1].startswith("#") and not ln.startswith("#")]
+            node["inputs"].update(prompts="\n".join(keep), seed_count=1)
+
+    return rule

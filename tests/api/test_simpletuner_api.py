@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,6 @@ import pytest
 import simpletuner_helpers as sth
 from PIL import Image
 
-from sd35wb import grid
 from tools import simpletuner_fixtures as stf
 from tools.comfy_server import PromptFailed
 
@@ -99,15 +96,17 @@ def test_sync_route_links_a_run_and_the_host_lists_it(server, api_run):
 def test_graph_workflow_links_and_sweeps(server, api_run):
     prompt = sth.tiny(sth.load("simpletuner_sweep.json"), px=PX, prefix="st_graph")
     prompt["1"]["inputs"].update(output_dir=str(api_run), run="api-graph")
+    prompt["7"]["inputs"]["seed_count"] = 1
     entry = server.run(prompt)
     pngs = server.images(entry, node_id="8")
-    assert len(pngs) == 1
-    strip = Image.open(io.BytesIO(pngs[0]))
-    band = grid.label_height(PX)
-    assert strip.size == (3 * PX, PX + band)
-    tiles = [np.asarray(strip)[band:, i * PX:(i + 1) * PX] for i in range(3)]
+    assert len(pngs) == 1, "one grid page"
+    page = np.asarray(Image.open(io.BytesIO(pngs[0])).convert("RGB"))
+    singles = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in server.images(entry, node_id="9")]
+    assert len(singles) == 3
+    head_h, label_w = page.shape[0] - 3 * PX, page.shape[1] - PX
+    tiles = [page[head_h + r * PX:head_h + (r + 1) * PX, label_w:] for r in range(3)]  # one row per checkpoint
+    assert all(np.abs(t.astype(int) - s.astype(int)).max() <= 1 for t, s in zip(tiles, singles))
     assert all(not np.array_equal(tiles[i], tiles[j]) for i in range(3) for j in range(i + 1, 3))
-    assert len(server.images(entry, node_id="9")) == 3
 
 
 def test_link_node_in_a_prompt_obeys_the_training_roots(server, tmp_path):
@@ -119,53 +118,3 @@ def test_link_node_in_a_prompt_obeys_the_training_roots(server, tmp_path):
         server.run(prompt)
     assert "outside the training roots" in e.value.error["exception_message"]
     assert "outside/checkpoint-10.safetensors" not in _unet_and_lora_lists(server)["unet"]
-
-
-def _sweep_cli(*args):
-    return subprocess.run([sys.executable, "-m", "sd35wb.sweep", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
-
-
-def test_sweep_cli_spreads_prompts_and_writes_the_strip(server, api_run, tmp_path):
-    status, _ = _post(server, {"output_dir": "api-run", "run": "api-run"})
-    assert status == 200
-    wf = tmp_path / "cli.json"
-    wf.write_text(json.dumps(sth.tiny(sth.load("simpletuner_sweep_cli.json"), px=PX, prefix="st_cli")))
-    out = tmp_path / "sweep" / "strip.png"
-    r = _sweep_cli("--workflow", wf, "--run", "api-run", "--server", server.url, "--server", server.url + "/",
-                   "--out", out)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "sweep: 3 checkpoints over 2 server(s): checkpoint-100, checkpoint-250, checkpoint-1000" in r.stdout
-    assert "strip: " in r.stdout and "(3 tiles: checkpoint-100, checkpoint-250, checkpoint-1000)" in r.stdout
-    assert "  checkpoint-1000: 2/2 (" in r.stdout, "step progress followed over the websocket"
-    queued = [line.split()[1:4:2] for line in r.stdout.splitlines() if line.startswith("queued")]
-    assert [q[1] for q in queued] == [server.url, server.url, server.url], "round robin over both --server URLs"
-    strip = Image.open(out)
-    band = grid.label_height(PX)
-    assert strip.size == (3 * PX, PX + band)
-    singles = [out.parent / f"strip-checkpoint-{s}.png" for s in (100, 250, 1000)]
-    assert all(p.exists() for p in singles)
-    arrs = [np.asarray(Image.open(p).convert("RGB")) for p in singles]
-    assert all(not np.array_equal(arrs[i], arrs[j]) for i in range(3) for j in range(i + 1, 3))
-    assert np.array_equal(np.asarray(strip)[band:, :PX], arrs[0]), "tile 1 is checkpoint-100's render"
-
-
-def test_sweep_cli_reports_failed_checkpoints_and_keeps_the_rest(server, api_run, tmp_path):
-    _post(server, {"output_dir": "api-run", "run": "api-run"})
-    wf = tmp_path / "cli.json"
-    wf.write_text(json.dumps(sth.tiny(sth.load("simpletuner_sweep_cli.json"), px=PX, prefix="st_cli_fail")))
-    # A run whose checkpoint is a valid safetensors file but no model: it fails while executing.
-    stf.fake_checkpoint(api_run.parent / "api-broken", 5)
-    status, _ = _post(server, {"output_dir": "api-broken", "run": "api-broken"})
-    assert status == 200
-    out = tmp_path / "strip.png"
-    r = _sweep_cli("--workflow", wf, "--models", "api-run/checkpoint-250.safetensors,api-run/checkpoint-9.safetensors,"
-                   "api-broken/checkpoint-5.safetensors", "--server", server.url, "--out", out)
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "failed: checkpoint-9: rejected (HTTP 400)" in r.stdout
-    assert "failed: checkpoint-5: RuntimeError: ERROR: Could not detect model type" in r.stdout
-    assert "(1 tiles: checkpoint-250)" in r.stdout
-    assert (tmp_path / "strip-checkpoint-250.png").exists()
-    assert Image.open(out).size == (PX, PX + grid.label_height(PX))
-    bad = _sweep_cli("--workflow", wf, "--run", "no-such-run", "--server", server.url, "--out", out)
-    assert bad.returncode == 2 and "no diffusion models under no-such-run/" in bad.stderr

@@ -163,7 +163,7 @@ def test_sweep_renders_a_vpred_run_as_v_pred_with_no_patch_node(host, vpred_run)
     pos, neg = make_conditioning("sdxl", 1, PX, PX), make_conditioning("sdxl", 2, PX, PX)
     images, _, labels = call(host.nodes, "SD35WB_CheckpointSweep", models=name, positive=pos, negative=neg,
                              latent_image=latent, vae=vae, seed=5, steps=3, cfg=4.0, sampler_name="euler",
-                             scheduler="normal", denoise=1.0, weight_dtype="default", order="numeric", columns=0)
+                             scheduler="normal", denoise=1.0, weight_dtype="default", order="numeric")
     assert labels == "checkpoint-500"
     (model,) = call(host.nodes, "UNETLoader", unet_name=name, weight_dtype="default")
     (core,) = call(host.nodes, "ModelSamplingDiscrete", model=model, sampling="v_prediction", zsnr=True)

@@ -1,5 +1,5 @@
-"""Host tier: a SimpleTuner run written by diffusers/peft, linked by the node, loaded and swept by
-the real host (in-process ComfyUI, CPU, tiny SD3.5-Medium-shaped weights)."""
+"""Host tier: a SimpleTuner run written by diffusers/peft, linked by the node and loaded by the real
+host (in-process ComfyUI, CPU, tiny SD3.5-Medium-shaped weights); the sweep is tests/host/test_sweep.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from helpers import call
 from safetensors.torch import load_file
 from testnodes import make_conditioning
 
-from sd35wb import grid
 from tools import simpletuner_fixtures as stf
 
 RUN = "host-ft"
@@ -125,56 +124,6 @@ def test_linked_lora_applies_without_unmapped_keys(host, linked, caplog):
     assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
     # to_q/to_k/to_v/to_out of 4 joint blocks x (image + context [+ attn2 on blocks 0-1]) map onto the host's weights.
     assert len(patched.patches) >= 8
-
-
-def test_sweep_node_renders_every_checkpoint_with_one_model_resident(host, linked):
-    import comfy.model_management as mm
-
-    _, models, _, _ = linked
-    (latent,) = call(host.nodes, "EmptySD3LatentImage", width=PX, height=PX, batch_size=1)
-    (vae,) = call(host.nodes, "VAELoader", vae_name="taesd3")
-    listed = "\n".join(reversed(models))  # numeric order is restored by the node
-    import comfy.utils
-
-    progress = []
-    saved_hook = comfy.utils.PROGRESS_BAR_HOOK
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: progress.append((value, total)))
-    try:
-        images, strip, labels = call(
-            host.nodes, "SD35WB_CheckpointSweep", models=listed, positive=make_conditioning("sd3", 1, PX, PX),
-            negative=make_conditioning("sd3", 2, PX, PX), latent_image=latent, vae=vae, seed=3, steps=2, cfg=4.0,
-            sampler_name="euler", scheduler="simple", denoise=1.0, weight_dtype="default", order="numeric", columns=0)
-    finally:
-        comfy.utils.set_progress_bar_global_hook(saved_hook)
-    # One progress bar across all checkpoints: 4 models x 2 steps.
-    assert {t for _, t in progress} == {8} and progress[-1] == (8, 8)
-    assert [v for v, _ in progress] == sorted(v for v, _ in progress)
-    assert labels.splitlines() == ["checkpoint-800", "checkpoint-1600", "checkpoint-1600-ema", "checkpoint-2400"]
-    n = len(models)
-    assert images.shape == (n, PX, PX, 3)
-    band = grid.label_height(PX)
-    assert strip.shape == (1, PX + band, n * PX, 3)
-    flat = images.reshape(n, -1)
-    assert all(not torch.equal(flat[i], flat[j]) for i in range(n) for j in range(i + 1, n)), "tiles differ"
-    # Each tile is exactly what the core loader + KSampler + VAEDecode render for that checkpoint.
-    (m0,) = call(host.nodes, "UNETLoader", unet_name=models[0], weight_dtype="default")
-    ref = _render(host, m0)
-    assert torch.allclose(images[0], ref[0], atol=1e-5)
-    tile = strip[0, band:, :PX]
-    assert torch.allclose(tile, ref[0], atol=1.5 / 255)
-    # The sweep left none of its models loaded.
-    del m0
-    mm.cleanup_models_gc()
-    assert sum(1 for lm in mm.current_loaded_models if lm.model is not None
-               and type(lm.model.model).__name__ == "SD3") <= 1, "at most the test's own reference model"
-
-
-def test_sweep_node_names_missing_models_before_work(host, linked):
-    (latent,) = call(host.nodes, "EmptySD3LatentImage", width=PX, height=PX, batch_size=1)
-    with pytest.raises(ValueError, match="models: not in diffusion_models: nope/checkpoint-1.safetensors"):
-        call(host.nodes, "SD35WB_CheckpointSweep", models=f"{linked[1][0]}\nnope/checkpoint-1.safetensors",
-             positive=make_conditioning("sd3", 1), negative=make_conditioning("sd3", 2), latent_image=latent,
-             vae=None, seed=0, steps=1, cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0)
 
 
 def test_rotation_resync_prunes_the_dangling_link(host, ft_run, linked, tmp_path):

@@ -1,0 +1,126 @@
+"""Sweep memory: peak resident memory of a 40-checkpoint x 4-prompt sweep against a 2 x 1 sweep.
+
+Each sweep runs the SD35WB_CheckpointSweep node in a fresh process (the real in-process host, CPU,
+the tiny SD3.5-Medium-shaped model copied to N checkpoint files, prompts encoded by a random-weight
+CLIP-L, taesd3, 1 step, 32 px) and reports the peak RSS during the sweep (Linux VmHWM, reset just
+before the node runs, so loading the host and the CLIP is not the peak), so both are measured the same
+way; the two sizes alternate (small, big, small, ...) within one run. Target: big/small <= 1.2
+(one model resident at a time, nothing kept per checkpoint but its small latents and images).
+
+Run: $COMFYUI_PYTHON bench/sweep_memory.py [--rounds 1] [--big 40x4] [--small 2x1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = 1.2
+PROMPTS = ["a red fox sitting in fresh snow at dawn", "a portrait of a fox in a knitted scarf",
+           "a fox running through a summer meadow", "a city street at night in the rain"]
+
+
+def child(n_ckpt: int, n_prompts: int, work: Path) -> dict:
+    import resource
+
+    sys.path.append(str(REPO))
+    from tools.sweep_host import boot
+
+    nodes, sweep_node = boot(work, threads=1)
+    import torch
+
+    names = [f"bench-run/checkpoint-{100 * (i + 1)}.safetensors" for i in range(n_ckpt)]
+    (clip,) = nodes.CLIPLoader().load_clip("bench_clip_l.safetensors", type="sd3")
+    latent = {"samples": torch.zeros([1, 16, 4, 4])}  # what EmptySD3LatentImage gives for 32 x 32
+    (vae,) = nodes.VAELoader().load_vae("taesd3")
+    (neg,) = nodes.CLIPTextEncode().encode(clip, "blurry")
+    # The sweep's own peak: reset the kernel's high-water mark (VmHWM) now, so setup (the CLIP load) is not it.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    rss0 = _status_kib("VmRSS")
+    t0 = time.time()
+    with torch.inference_mode():
+        out = sweep_node.execute(models="\n".join(names), negative=neg, latent_image=latent, vae=vae,
+                                 prompts="\n".join(PROMPTS[:n_prompts]), clip=clip, seed=1, seed_count=1, steps=1,
+                                 cfg=4.0, sampler_name="euler", scheduler="simple")
+    images = out.result[0]
+    return {"checkpoints": n_ckpt, "prompts": n_prompts, "images": int(images.shape[0]),
+            "peak_rss_mib": _status_kib("VmHWM") / 1024, "rss_before_sweep_mib": rss0 / 1024,
+            "sweep_s": time.time() - t0, "process_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def prepare(work: Path, n_ckpt: int) -> None:
+    sys.path.append(str(REPO))
+    from tools import tiny_models
+    from tools.sweep_host import link_clip_l
+
+    root = tiny_models.build_all()
+    src = root / "diffusion_models" / "tiny-sd35m.safetensors"
+    run = work / "diffusion_models" / "bench-run"
+    run.mkdir(parents=True, exist_ok=True)
+    for i in range(n_ckpt):
+        shutil.copyfile(src, run / f"checkpoint-{100 * (i + 1)}.safetensors")  # a separate file per checkpoint
+    link_clip_l(work, "bench_clip_l.safetensors")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    a, _, b = text.partition("x")
+    return int(a), int(b)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--big", default="40x4", help="checkpoints x prompts")
+    ap.add_argument("--small", default="2x1")
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(int(args.child[0]), int(args.child[1]), Path(args.child[2]))))
+        return 0
+    big, small = parse_size(args.big), parse_size(args.small)
+    runs = {small: [], big: []}
+    with tempfile.TemporaryDirectory(prefix="sd35wb-sweep-mem-") as tmp:
+        for r in range(args.rounds):
+            for size in (small, big):
+                work = Path(tmp) / f"{size[0]}x{size[1]}-{r}"
+                prepare(work, size[0])
+                p = subprocess.run([sys.executable, __file__, "--child", str(size[0]), str(size[1]), str(work)],
+                                   capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                if p.returncode:
+                    print(p.stdout[-2000:], p.stderr[-4000:], file=sys.stderr)
+                    return 2
+                res = json.loads(p.stdout.strip().splitlines()[-1])
+                runs[size].append(res)
+                print(f"{size[0]:>3} checkpoints x {size[1]} prompts = {res['images']:>3} images: peak RSS "
+                      f"{res['peak_rss_mib']:.0f} MiB (before the sweep {res['rss_before_sweep_mib']:.0f} MiB), "
+                      f"{res['sweep_s']:.0f} s", flush=True)
+                shutil.rmtree(work, ignore_errors=True)
+    pb = statistics.median(r["peak_rss_mib"] for r in runs[big])
+    ps = statistics.median(r["peak_rss_mib"] for r in runs[small])
+    ratio = pb / ps
+    gb = statistics.median(r["peak_rss_mib"] - r["rss_before_sweep_mib"] for r in runs[big])
+    gs = statistics.median(r["peak_rss_mib"] - r["rss_before_sweep_mib"] for r in runs[small])
+    print(f"growth during the sweep (peak - RSS before it): {big[0]}x{big[1]} {gb:.0f} MiB, "
+          f"{small[0]}x{small[1]} {gs:.0f} MiB")
+    print(f"peak RSS {big[0]}x{big[1]} / {small[0]}x{small[1]}: {ratio:.3f} (target <= {TARGET}) "
+          f"{'OK' if ratio <= TARGET else 'ABOVE TARGET'}")
+    return 0 if ratio <= TARGET else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

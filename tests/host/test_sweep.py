@@ -1,0 +1,181 @@
+"""Host tier: the checkpoint sweep node on a SimpleTuner run (saved by diffusers, linked by the
+linker node) in the real in-process host: checkpoints x prompts x seeds, batched latents, the paged
+grid, SimpleTuner's validation images beside the rows, a bad checkpoint skipped, and resume after
+an interrupt without rendering anything twice."""
+
+from __future__ import annotations
+
+import comfy.model_management as mm
+import comfy.utils
+import numpy as np
+import pytest
+import torch
+from helpers import call
+from PIL import Image
+from testnodes import make_conditioning
+
+from sd35wb import grid
+from tools import sd35_fixtures
+from tools import simpletuner_fixtures as stf
+
+RUN = "host-sweep"
+PX = 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def link_into_user_models(host, user_models):
+    """As in test_simpletuner: the session's user folder is the host's default model folder here."""
+    fp = host.folder_paths
+    saved = {f: fp.get_folder_paths(f) for f in ("diffusion_models", "loras", "text_encoders")}
+    for f in saved:
+        fp.add_model_folder_path(f, str(user_models / f), is_default=True)
+    yield
+    for f, paths in saved.items():
+        fp.folder_names_and_paths[f][0][:] = paths
+
+
+@pytest.fixture(scope="module")
+def run_models(host, tmp_path_factory):
+    """checkpoint-100 and -200 saved by diffusers, checkpoint-50 a safetensors file that is no model,
+    a SimpleTuner validation image for step 100 only; linked by the linker node."""
+    out = tmp_path_factory.mktemp("sweep-run") / RUN
+    for step in (100, 200):
+        stf.diffusers_checkpoint(out, step)
+    stf.fake_checkpoint(out, 50)
+    v = out / "validation_images"
+    v.mkdir()
+    for step, color in ((100, (255, 0, 0)),):
+        Image.new("RGB", (PX, PX), color).save(v / f"step_{step}_validation_{PX}x{PX}.png")
+    models, _, _ = call(host.nodes, "SD35WB_SimpleTunerLink", output_dir=str(out), run=RUN, full=True, ema=False,
+                        lora=False, final=False)
+    return models.splitlines()
+
+
+def _base(host, batch=1):
+    (latent,) = call(host.nodes, "EmptySD3LatentImage", width=PX, height=PX, batch_size=batch)
+    (vae,) = call(host.nodes, "VAELoader", vae_name="taesd3")
+    return dict(negative=make_conditioning("sd3", 2, PX, PX), latent_image=latent, vae=vae, steps=2, cfg=4.0,
+                sampler_name="euler", scheduler="simple", denoise=1.0, weight_dtype="default", order="numeric")
+
+
+class Sampling:
+    """Counts the sampler's steps (the progress hook) and can interrupt the sweep after n images."""
+
+    def __init__(self, steps=2, stop_after=None):
+        self.steps, self.stop_after, self.events = steps, stop_after, []
+
+    def __enter__(self):
+        self.saved = comfy.utils.PROGRESS_BAR_HOOK
+        comfy.utils.set_progress_bar_global_hook(self.hook)
+        return self
+
+    def hook(self, value, total, preview, node_id=None):
+        self.events.append((value, total))
+        if self.stop_after is not None and value >= self.stop_after * self.steps:
+            mm.interrupt_current_processing(True)  # as the Cancel button does; the node stops before the next image
+
+    def __exit__(self, *exc):
+        comfy.utils.set_progress_bar_global_hook(self.saved)
+        mm.interrupt_current_processing(False)
+
+
+def _render(host, name, cond, seed, batch=1):
+    (model,) = call(host.nodes, "UNETLoader", unet_name=name, weight_dtype="default")
+    b = _base(host, batch)
+    (samples,) = call(host.nodes, "KSampler", model=model, seed=seed, steps=2, cfg=4.0, sampler_name="euler",
+                      scheduler="simple", positive=cond, negative=b["negative"], latent_image=b["latent_image"],
+                      denoise=1.0)
+    (img,) = call(host.nodes, "VAEDecode", samples=samples, vae=b["vae"])
+    return img
+
+
+@pytest.fixture(scope="module")
+def clip(host, user_models):
+    dest = user_models / "text_encoders" / "sweep_clip_l.safetensors"
+    if not dest.exists():
+        dest.symlink_to(sd35_fixtures.clip_l_file())
+    (c,) = call(host.nodes, "CLIPLoader", clip_name=dest.name, type="sd3", device="default")
+    return c
+
+
+def test_grid_of_checkpoints_x_prompts_x_seeds_with_every_batch_image(host, run_models, clip):
+    prompts = ["a red fox sitting in fresh snow at dawn", "a lighthouse on a cliff at night"]
+    listed = "\n".join(reversed(run_models))  # numeric order is restored
+    with Sampling() as s:
+        images, pages, labels = call(host.nodes, "SD35WB_CheckpointSweep", models=listed, prompts="\n".join(prompts),
+                                     clip=clip, seed=5, seed_count=2, validation_images=True, **_base(host, batch=2))
+    assert labels.splitlines() == ["checkpoint-50", "checkpoint-100", "checkpoint-200"]
+    # checkpoint-50 is no model: skipped before any work; the two others x 2 prompts x 2 seeds x batch 2.
+    assert images.shape == (2 * 2 * 2 * 2, PX, PX, 3)
+    totals = {t for _, t in s.events}
+    assert totals == {2 * 4 * 2}, "one progress bar over the whole sweep (8 latents x 2 steps)"
+    assert s.events[-1] == (16, 16)
+    # Every image is exactly what core CLIPTextEncode + UNETLoader + KSampler + VAEDecode render.
+    (cond,) = call(host.nodes, "CLIPTextEncode", clip=clip, text=prompts[1])
+    ref = _render(host, f"{RUN}/checkpoint-200.safetensors", cond, seed=6, batch=2)
+    # image order: checkpoint, prompt, seed, batch -> ckpt 200 is the 2nd rendered, prompt 2, seed 6
+    first = (1 * 4 + 1 * 2 + 1) * 2
+    ref = ref.detach()
+    assert torch.allclose(images[first:first + 2], ref, atol=1e-5)
+    flat = images.reshape(images.shape[0], -1)
+    assert len({tuple(np.round(f[:64].numpy(), 4)) for f in flat}) == images.shape[0], "all images differ"
+    # The grid: one page; 3 rows; 2 prompts x 2 seeds x 2 batch images + 1 SimpleTuner column.
+    assert pages.shape[0] == 1
+    page = (pages[0].numpy() * 255).round().astype(np.uint8)
+    h, w = page.shape[:2]
+    label_w, head_h = w - 9 * PX, h - 3 * PX
+    assert 0 < label_w and 0 < head_h < PX
+    tile = page[head_h + 2 * PX:head_h + 3 * PX, label_w + 7 * PX:label_w + 8 * PX]  # ckpt 200, p2 seed 6 #2
+    assert np.abs(tile.astype(int) - (ref[1].numpy() * 255).round().astype(int)).max() <= 1
+    v100 = page[head_h + PX + PX // 2, label_w + 8 * PX + PX // 2]
+    assert tuple(v100) == (255, 0, 0), "SimpleTuner's own image beside its row"
+    assert (page[head_h + 2 * PX:, label_w + 8 * PX:] == grid.BACKGROUND).all(), "step 200 has none"
+    assert (page[head_h:head_h + PX, label_w:label_w + PX] != grid.BACKGROUND).any(), "checkpoint-50 says why"
+    # The sweep left none of its models loaded.
+    mm.cleanup_models_gc()
+    assert sum(1 for lm in mm.current_loaded_models if lm.model is not None
+               and type(lm.model.model).__name__ == "SD3") == 0
+
+
+def test_interrupted_sweep_resumes_without_rendering_twice(host, run_models):
+    kw = dict(models="\n".join(run_models[1:]), positive=make_conditioning("sd3", 11, PX, PX), seed=123, seed_count=2,
+              **_base(host))  # 2 checkpoints x 2 seeds
+    with Sampling(stop_after=3) as s, pytest.raises(mm.InterruptProcessingException):
+        call(host.nodes, "SD35WB_CheckpointSweep", **kw)
+    assert max(v for v, _ in s.events) == 3 * 2
+    with Sampling() as s:
+        images, pages, _ = call(host.nodes, "SD35WB_CheckpointSweep", **kw)
+    steps_run = [v for v, _ in s.events if v % 2 == 1]  # the sampler's own step callbacks (odd values)
+    assert len(steps_run) == 1, "only the image the interrupt left undone is sampled"
+    assert images.shape[0] == 4
+    # The reused images equal a fresh render of the same cell.
+    ref = _render(host, run_models[1], kw["positive"], seed=123)
+    assert torch.allclose(images[0], ref[0].detach(), atol=1e-5)
+    with Sampling() as s:
+        call(host.nodes, "SD35WB_CheckpointSweep", **{**kw, "seed_count": 3})
+    assert len([v for v, _ in s.events if v % 2 == 1]) == 2, "a third seed renders only the 2 new images"
+
+
+def test_wide_sweeps_page_and_downscale(host, run_models):
+    with Sampling():
+        images, pages, _ = call(host.nodes, "SD35WB_CheckpointSweep", models=run_models[1],
+                                positive=make_conditioning("sd3", 3, PX, PX), seed=1, seed_count=3, max_tile=32,
+                                page_width=110, **_base(host))
+    assert images.shape == (3, PX, PX, 3)
+    assert pages.shape[0] >= 2, "columns that do not fit the page width continue on a second page"
+    assert pages.shape[2] <= 110 and pages.shape[1] < 32 + PX, "tiles downscaled to 32 px"
+
+
+def test_bad_inputs_are_named_before_work(host, run_models, clip):
+    b = _base(host)
+    with pytest.raises(ValueError, match="prompts: the prompt list is empty and no 'positive'"):
+        call(host.nodes, "SD35WB_CheckpointSweep", models=run_models[1], prompts="", **b)
+    with pytest.raises(ValueError, match="prompts: the prompt list is empty; give one prompt per line"):
+        call(host.nodes, "SD35WB_CheckpointSweep", models=run_models[1], prompts="\n# nothing\n", clip=clip, **b)
+    with pytest.raises(ValueError, match="clip: 'prompts' needs a text encoder"):
+        call(host.nodes, "SD35WB_CheckpointSweep", models=run_models[1], prompts="a fox", **b)
+    with pytest.raises(ValueError, match="models: not in diffusion_models: nope/checkpoint-1.safetensors"):
+        call(host.nodes, "SD35WB_CheckpointSweep", models=f"{run_models[1]}\nnope/checkpoint-1.safetensors",
+             prompts="a fox", clip=clip, **b)
+    with pytest.raises(ValueError, match="models: none of them is a diffusion model.*checkpoint-50: not a diffusion"):
+        call(host.nodes, "SD35WB_CheckpointSweep", models=run_models[0], prompts="a fox", clip=clip, **b)
