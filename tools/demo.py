@@ -43,6 +43,7 @@ def tiny_slg_rules(nid: str, node: dict, family: str) -> None:
 
 
 def main() -> int:
+    host.use_host_python()
     out = REPO / "out"
     out.mkdir(exist_ok=True)
     prompt = json.loads(WORKFLOW.read_text())

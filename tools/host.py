@@ -41,6 +41,16 @@ def host_env(required: bool = True) -> dict[str, str]:
     return env
 
 
+def use_host_python() -> None:
+    """Re-run this command under the host's python (COMFYUI_PYTHON) when started with another one,
+    e.g. `python3 -m tools.demo`: torch, playwright and the test tools live in the host's venv."""
+    env = host_env()
+    want = Path(env["COMFYUI_PYTHON"]).parent.parent.resolve()
+    if Path(sys.prefix).resolve() != want and not os.environ.get("SD35WB_REEXEC"):
+        os.environ["SD35WB_REEXEC"] = "1"  # once: never loop if the paths disagree for another reason
+        os.execv(env["COMFYUI_PYTHON"], [env["COMFYUI_PYTHON"], *sys.orig_argv[1:]])
+
+
 def bootstrap() -> dict[str, str]:
     """Make the host importable in this process, CPU only; idempotent. Returns host_env().
 
