@@ -23,7 +23,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..sd35wb import grid, linker, simpletuner, sweep
+from ..sd35wb import folders, grid, linker, simpletuner, sweep
 
 LOG = logging.getLogger("sd35-workbench")
 _SYNC_LOCK = threading.Lock()  # the node and the route may sync the same run at once
@@ -209,8 +209,9 @@ class CheckpointSweep(io.ComfyNode):
             p = folder_paths.get_full_path("diffusion_models", n)
             (paths.append(p) if p else missing.append(n))
         if missing:
-            raise ValueError(f"models: not in diffusion_models: {', '.join(missing)}. Run the SimpleTuner linker "
-                             "(or press Sync now) so they are linked, or fix the names")
+            raise ValueError(folders.not_found("models", ", ".join(missing),
+                                               {"diffusion_models": folder_paths.get_folder_paths("diffusion_models")},
+                                               "Run the SimpleTuner linker (or press Sync now) so they are linked, or fix the names."))
         bad = [n for n in names if not n.lower().endswith(".safetensors")]
         if bad:
             raise ValueError(f"models: only .safetensors files are loaded, not {', '.join(bad)}")

@@ -161,7 +161,7 @@ def test_sweep_node_renders_every_checkpoint_with_one_model_resident(host, linke
 
 def test_sweep_node_names_missing_models_before_work(host, linked):
     (latent,) = call(host.nodes, "EmptySD3LatentImage", width=PX, height=PX, batch_size=1)
-    with pytest.raises(ValueError, match="models: not in diffusion_models: nope/checkpoint-1.safetensors"):
+    with pytest.raises(ValueError, match=r"models: nope/checkpoint-1.safetensors is not in models/diffusion_models \(.+\)\. Run the SimpleTuner linker"):
         call(host.nodes, "SD35WB_CheckpointSweep", models=f"{linked[1][0]}\nnope/checkpoint-1.safetensors",
              positive=make_conditioning("sd3", 1), negative=make_conditioning("sd3", 2), latent_image=latent,
              vae=None, seed=0, steps=1, cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0)
