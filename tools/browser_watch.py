@@ -1,5 +1,6 @@
 """What a user would see go wrong in the frontend, collected from a playwright page: uncaught page
-errors, console errors from the pack's own js, warn/error toasts (PrimeVue) and alert/confirm dialogs.
+errors, console errors from the pack's own js, warn/error toasts (PrimeVue), the frontend's
+run-failed dialog and alert/confirm dialogs.
 
 Console errors from the host's frontend itself (404s for a fresh user folder's user.css and
 workflow lists, failed fetches to api.comfy.org offline, its own Vue warnings) are kept in
@@ -25,14 +26,19 @@ TOAST_WATCH_JS = """
   const found = [];
   window.__sd35wbToasts = found;
   const scan = () => {
-    for (const el of document.querySelectorAll('.p-toast-message-warn, .p-toast-message-error')) {
+    // warn/error toasts, and the dialog the frontend opens when a run fails (ErrorDialogContent)
+    for (const el of document.querySelectorAll('.p-toast-message-warn, .p-toast-message-error, .comfy-error-report')) {
       let rec = found.find(r => r.el === el);
-      if (!rec) { rec = {el, severity: el.matches('.p-toast-message-error') ? 'error' : 'warn', text: ''}; found.push(rec); }
+      if (!rec) {
+        const kind = el.matches('.comfy-error-report') ? 'error dialog' : el.matches('.p-toast-message-error') ? 'error toast' : 'warn toast';
+        rec = {el, kind, text: ''};
+        found.push(rec);
+      }
       rec.text = (el.innerText || el.textContent || '').trim() || rec.text;
     }
   };
   new MutationObserver(scan).observe(document, {childList: true, subtree: true, characterData: true});
-  window.__sd35wbToastTexts = () => { scan(); return found.map(r => `${r.severity} toast: ${r.text}`); };
+  window.__sd35wbToastTexts = () => { scan(); return found.map(r => `${r.kind}: ${r.text}`); };
 })();
 """
 
@@ -53,6 +59,7 @@ class Watch:
         self.console_errors: list[str] = []
         self.dialogs: list[str] = []
         self.other_console: list[str] = []
+        self.expected: list[re.Pattern] = []
         page.add_init_script(TOAST_WATCH_JS)
         page.on("pageerror", lambda e: self.page_errors.append(f"uncaught page error: {e}"))
         page.on("console", self._on_console)
@@ -75,9 +82,14 @@ class Watch:
         except Exception as e:  # noqa: BLE001 - a closed or crashed page is itself a problem
             return [f"page could not be read for toasts: {e}"]
 
+    def expect(self, pattern: str) -> None:
+        """A problem the test provokes on purpose (e.g. a run that must fail with a message)."""
+        self.expected.append(re.compile(pattern, re.S))
+
     def problems(self) -> list[str]:
         found = [*self.page_errors, *self.console_errors, *self.dialogs, *self.toasts()]
-        return [p for p in found if not any(pat.search(p) for _, pat in self.allowed)]
+        allowed = [pat for _, pat in self.allowed] + self.expected
+        return [p for p in found if not any(pat.search(p) for pat in allowed)]
 
     def report(self) -> str:
         lines = ["the frontend showed the user problems:", *self.problems()]
