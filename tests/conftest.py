@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -23,11 +22,11 @@ sys.path.insert(0, str(TESTS))
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))  # for `tools` and `sd35wb`; tools.host.bootstrap() puts it last
 
+from ci_plugin import IN_CI  # noqa: E402 - any non-empty CI; there every skip is a failure
+
 from tools import host as _host  # noqa: E402
 from tools.comfy_server import ComfyServer, prepare_base  # noqa: E402
 
-# Any non-empty CI means CI (.ci/run sets it): there a missing tool fails the run instead of skipping.
-IN_CI = bool(os.environ.get("CI"))
 TIERS = ("unit", "host", "api", "browser")
 HOST_TIERS = {TESTS / t for t in TIERS[1:]}
 _skipped_tiers: list[str] = []
@@ -54,17 +53,6 @@ def pytest_ignore_collect(collection_path, config):
 def pytest_terminal_summary(terminalreporter):
     if _skipped_tiers:
         terminalreporter.write_line(f"NOT RUN: the {', '.join(sorted(_skipped_tiers))} tier(s). {_host.NO_HOST}", yellow=True)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """In CI a skip is a failure: every tier, every tool (chromium, chattr, optional packages) must be there."""
-    outcome = yield
-    rep = outcome.get_result()
-    if IN_CI and rep.skipped and not hasattr(rep, "wasxfail"):
-        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
-        rep.outcome = "failed"
-        rep.longrepr = f"skipped in CI (CI={os.environ['CI']!r}), which counts as a failure: {reason}"
 
 
 def _tier(item) -> str:
