@@ -5,7 +5,7 @@ real family: SD3 (MMDiT-X, RMS qk-norm, context 4096, pooled 2048), SD1.5 and th
 (Segmind Vega's shape, the smallest SDXL-family shape the host knows). Weights are deterministic
 for a seed, and the files are cached between runs in a folder keyed by this file's content.
 
-Needs ``comfy`` importable (the host on ``sys.path``); used by the tests, ``bench/`` and the demo.
+Needs ``comfy`` importable (``tools.host.bootstrap()`` first); used by the tests, ``bench/`` and the demo.
 """
 
 from __future__ import annotations

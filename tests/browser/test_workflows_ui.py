@@ -65,6 +65,10 @@ def test_dropped_workflow_loads_and_queues(page, server, ui_path, placeholder_fi
     assert sorted(types) == sorted(n["type"] for n in wf["nodes"])
     fam = family_of(ui_to_api(wf, server.get_json("/object_info")))
     page.evaluate(RETARGET_JS, [TINY_MODEL[fam], TINY_VAE[fam]])
+    # Only loading and queueing are under test: the models were pointed at placeholder files and no
+    # text encoders, so a run the host starts before the interrupt below fails on exactly those.
+    page.watch.expect(r"^error dialog: .*placeholder_(checkpoints|text_encoders)\.safetensors")
+    page.watch.expect(r"^error dialog: CLIPTextEncode\s.*clip input is invalid: None")
     with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST", timeout=30_000) as resp:
         page.evaluate("() => window.app.queuePrompt(0)")
     body = resp.value.json()
