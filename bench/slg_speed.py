@@ -28,16 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from tools.comfy_server import host_env  # noqa: E402
+from tools import host  # noqa: E402
 
-sys.path.insert(0, host_env()["COMFYUI_DIR"])
-
-import comfy.options  # noqa: E402
-
-comfy.options.enable_args_parsing(False)
-import comfy.cli_args  # noqa: E402
-
-comfy.cli_args.args.cpu = True
+host.bootstrap()  # the host first on sys.path, CPU only, before anything imports comfy
 
 import torch  # noqa: E402
 

@@ -19,8 +19,8 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..sd35wb import folders, lcm
 from ..sd35wb import grid as grid_mod
-from ..sd35wb import lcm
 from . import _compat as C
 
 LOG = logging.getLogger("sd35-workbench")
@@ -64,8 +64,8 @@ def resolve_lora(option: str, model_fam: str | None, input_name: str = "lcm_lora
         return str(lcm.fetch_known(known)), known.repo_id
     path = folder_paths.get_full_path("loras", option)
     if path is None or not os.path.isfile(path):
-        raise ValueError(f"{input_name}: {option!r} is not in models/loras (searched {folder_paths.get_folder_paths('loras')}). "
-                         f"Put the file there and refresh, or pick another LoRA.")
+        raise ValueError(folders.not_found(input_name, repr(option), {"loras": folder_paths.get_folder_paths("loras")},
+                                           "Put the file there and refresh (R), or pick another LoRA."))
     if not path.lower().endswith(".safetensors"):
         raise ValueError(f"{input_name}: {option!r} is not a .safetensors file; only .safetensors LoRAs are loaded "
                          f"(pickled .ckpt/.pt/.bin files can run code). Convert it or download the .safetensors.")

@@ -22,7 +22,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..sd35wb import hub, presets
+from ..sd35wb import folders, hub, presets
 from ..sd35wb import sd3_inspect as si
 from . import _compat as C
 
@@ -57,6 +57,10 @@ def vae_options() -> list[str]:
     return [FROM_CHECKPOINT] + folder_paths.get_filename_list("vae") + ([TAESD3] if approx else [])
 
 
+def _searched(*kinds: str) -> dict[str, list[str]]:
+    return {k: folder_paths.get_folder_paths(k) for k in kinds}
+
+
 def _first_path(folders, name: str) -> str | None:
     for folder in folders:
         p = folder_paths.get_full_path(folder, name)
@@ -72,12 +76,15 @@ class _Fetch:
         self.allow = allow
         self.preferred_repo = preferred_repo
 
-    def __call__(self, what: str, name: str, folder: str) -> str:
+    def __call__(self, what: str, name: str, folder: str, searched: tuple[str, ...] = ()) -> str:
+        """Fetch into ``folder``; ``searched``: every folder kind the file was looked for in."""
         dests = folder_paths.get_folder_paths(folder)
         if not self.allow:
-            raise ValueError(
-                f"{what}: {name} is not in models/{folder}. Place it there, or turn on fetch_missing to get it from "
-                f"{hub.repo_url(hub.KNOWN_FILES[name].repos[0])} (a gated repo: accept its license first).")
+            kinds = searched or (folder,)
+            raise ValueError(folders.not_found(
+                what, name, _searched(*kinds),
+                ("Place it in one of them" if len(kinds) > 1 else "Place it there") + ", or turn on fetch_missing to get it from "
+                f"{hub.repo_url(hub.KNOWN_FILES[name].repos[0])} (a gated repo: accept its license first)."))
         bar = comfy.utils.ProgressBar(1000)
 
         def progress(n: int, total: int) -> None:
@@ -201,14 +208,15 @@ class SD35Loader(io.ComfyNode):
             raise ValueError(f"t5_dtype: unknown choice {t5_dtype!r}; expected 'default' or 'fp8_e4m3fn'")
         preferred = hub.REPOS.get(variant)
         fetch = _Fetch(bool(fetch_missing), preferred)
-        pending: list[tuple[str, str, str]] = []  # (input, name, folder) still to fetch
+        pending: list[tuple[str, str, str, tuple[str, ...]]] = []  # (input, name, folder, searched) to fetch
 
         # 1. Find every file and check what is on disk, before fetching or loading anything.
         model_path = _first_path(MODEL_FOLDERS, model_name)
         if model_path is None:
             if model_name not in hub.KNOWN_FILES:
-                raise ValueError(f"model_name: {model_name} is not in models/checkpoints or models/diffusion_models.")
-            pending.append(("model_name", model_name, "checkpoints"))
+                raise ValueError(folders.not_found("model_name", model_name, _searched(*MODEL_FOLDERS),
+                                                   "Put the file in one of them and refresh (R), or pick another model."))
+            pending.append(("model_name", model_name, "checkpoints", MODEL_FOLDERS))
         te_paths: dict[str, str | None] = {}
         for slot, name in (("clip_l", clip_l), ("clip_g", clip_g), ("t5xxl", t5xxl)):
             if name == NONE:
@@ -216,29 +224,31 @@ class SD35Loader(io.ComfyNode):
             p = folder_paths.get_full_path("text_encoders", name)
             if p is None:
                 if name not in hub.KNOWN_FILES:
-                    raise ValueError(f"{slot}: {name} is not in models/text_encoders.")
-                pending.append((slot, name, "text_encoders"))
+                    raise ValueError(folders.not_found(slot, name, _searched("text_encoders"),
+                                                       "Put the file there and refresh (R), or pick another one."))
+                pending.append((slot, name, "text_encoders", ("text_encoders",)))
             te_paths[slot] = p
         if vae not in (FROM_CHECKPOINT, TAESD3):
             vae_path = folder_paths.get_full_path("vae", vae)
             if vae_path is None:
-                raise ValueError(f"vae: {vae} is not in models/vae.")
+                raise ValueError(folders.not_found("vae", vae, _searched("vae"),
+                                                   "Put the file there and refresh (R), or pick another VAE."))
             si.check_vae(vae_path, "vae")
         elif vae == TAESD3 and TAESD3 not in C.vae_names():
-            raise ValueError("vae: taesd3 needs taesd3_encoder and taesd3_decoder .safetensors in models/vae_approx.")
+            raise ValueError("vae: taesd3 needs taesd3_encoder and taesd3_decoder .safetensors in "
+                             f"{folders.searched(_searched('vae_approx'))}.")
         info = si.inspect_model(model_path, "model_name") if model_path else None
         for slot, p in te_paths.items():
             if p:
                 si.check_text_encoder(p, slot)
         if pending and not fetch_missing:
-            what, name, folder = pending[0]
-            fetch(what, name, folder)  # raises the "place it or turn on fetch_missing" message
+            fetch(*pending[0])  # raises the "place it or turn on fetch_missing" message
         if info is not None:
             cls._check_vae_choice(info, vae)
 
         # 2. Fetch what is missing (progress in ComfyUI's bar), then check it like the rest.
-        for what, name, folder in pending:
-            path = fetch(what, name, folder)
+        for what, name, folder, searched in pending:
+            path = fetch(what, name, folder, searched)
             if what == "model_name":
                 model_path, info = path, si.inspect_model(path, "model_name")
                 cls._check_vae_choice(info, vae)

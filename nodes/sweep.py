@@ -19,7 +19,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..sd35wb import grid, simpletuner, sweep
+from ..sd35wb import folders, grid, simpletuner, sweep
 from . import _compat as C
 from . import schedulers
 
@@ -154,8 +154,9 @@ class CheckpointSweep(io.ComfyNode):
         paths = {n: folder_paths.get_full_path("diffusion_models", n) for n in names}
         missing = [n for n, p in paths.items() if not p]
         if missing:
-            raise ValueError(f"models: not in diffusion_models: {', '.join(missing)}. Run the SimpleTuner linker "
-                             "(or press Sync now) so they are linked, or fix the names")
+            raise ValueError(folders.not_found("models", ", ".join(missing),
+                                               {"diffusion_models": folder_paths.get_folder_paths("diffusion_models")},
+                                               "Run the SimpleTuner linker (or press Sync now) so they are linked, or fix the names."))
         if prompts.strip():
             texts = sweep.parse_prompt_list(prompts)
             if clip is None:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -19,24 +17,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def host_env() -> dict[str, str]:
-    """COMFYUI_DIR / COMFYUI_PYTHON from the environment, else from .host.env (scripts/setup.sh)."""
-    env = {}
-    f = REPO / ".host.env"
-    if f.exists():
-        for line in f.read_text().splitlines():
-            k, _, v = line.partition("=")
-            env[k] = shlex.split(v)[0] if v else ""
-    for k in ("COMFYUI_DIR", "COMFYUI_PYTHON"):
-        if os.environ.get(k):
-            env[k] = os.environ[k]
-    if not env.get("COMFYUI_DIR"):
-        raise RuntimeError("No ComfyUI host: run `make setup` (or set COMFYUI_DIR=/path/to/ComfyUI)")
-    env.setdefault("COMFYUI_PYTHON", sys.executable)
-    return env
+from tools.host import REPO, host_env  # noqa: F401 - re-exported for callers
 
 
 def free_port() -> int:

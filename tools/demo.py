@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tools import host
 from tools.comfy_server import REPO, ComfyServer, prepare_base
 from tools.tiny_remap import tinyify
 
@@ -42,6 +43,7 @@ def tiny_slg_rules(nid: str, node: dict, family: str) -> None:
 
 
 def main() -> int:
+    host.use_host_python()
     out = REPO / "out"
     out.mkdir(exist_ok=True)
     prompt = json.loads(WORKFLOW.read_text())
@@ -53,6 +55,7 @@ def main() -> int:
             print(f"[demo] real weights found under {real}: running {WORKFLOW.name} as written")
             roots = {f: [real / f] for f in MODEL_FOLDERS if (real / f).exists()}
         else:
+            host.bootstrap()  # the tiny models are built in this process with the host's own classes
             from tools import tiny_models
 
             print("[demo] no real SD3.5 weights found: running on tiny random-weight models (the images are noise).")

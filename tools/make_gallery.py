@@ -6,7 +6,7 @@ the SLG sensitivity map of a random-weight SD3.5-Medium-structured model (its la
 
 from __future__ import annotations
 
-from sd35wb import sigma_plot, sigmas
+from tools import host
 from tools.comfy_server import REPO
 
 OUT = REPO / "docs" / "img"
@@ -14,6 +14,9 @@ SDXL_SIGMA_MIN, SDXL_SIGMA_MAX = 0.0292, 14.6146  # the SDXL / SD1.5 discrete sc
 
 
 def main() -> None:
+    host.use_host_python()  # PIL and numpy come with the host's venv
+    from sd35wb import sigma_plot, sigmas
+
     OUT.mkdir(parents=True, exist_ok=True)
     steps = 28
     base = sigmas.karras(steps, SDXL_SIGMA_MIN, SDXL_SIGMA_MAX)

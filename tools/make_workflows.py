@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from tools import host
+from tools.browser_watch import Watch
 from tools.comfy_server import REPO, ComfyServer, prepare_base
 from tools.workflow_format import api_to_ui
 
@@ -30,17 +32,16 @@ def title_of(note: str, name: str) -> str:
     return name.replace("_", " ")
 
 
-def write_ui(object_info: dict) -> list[Path]:
-    written = []
+def build_ui(object_info: dict) -> dict[Path, dict]:
+    """workflows/<name>.json -> its UI workflow before the frontend lays it out (nothing written)."""
+    built = {}
     for api_path in sorted((WF / "api").glob("*.json")):
         name = api_path.stem
         note_path = WF / "notes" / f"{name}.md"
         note = note_path.read_text() if note_path.exists() else None
         ui = api_to_ui(json.loads(api_path.read_text()), object_info, note=note, title=title_of(note or "", name))
-        out = WF / f"{name}.json"
-        out.write_text(json.dumps(ui, indent=1) + "\n")
-        written.append(out)
-    return written
+        built[WF / f"{name}.json"] = ui
+    return built
 
 
 LAYOUT_JS = """
@@ -55,9 +56,14 @@ async (wf) => {
     note.pos = [60, top - 340];
   }
   window.app.canvas.setDirty(true, true);
-  return g.serialize();
+  // What the frontend writes when a user saves: JSON.stringify drops the undefined fields that a
+  // structured copy would turn into nulls (floatingLinks, extra.reroutes, definitions, slot_index),
+  // and the frontend's workflow schema rejects nulls there.
+  return JSON.parse(JSON.stringify(g.serialize()));
 }
 """
+
+RELOAD_JS = "async (wf) => { await window.app.loadGraphData(wf); }"
 
 FIT_JS = """
 () => {
@@ -77,21 +83,36 @@ FIT_JS = """
 """
 
 
-def layout_and_thumbnails(server: ComfyServer, files: list[Path], thumbs: bool) -> None:
-    """Lay each workflow out with the frontend, save what the editor serialises, and screenshot it."""
+def layout_and_thumbnails(server: ComfyServer, files: dict[Path, dict], thumbs: bool) -> None:
+    """Lay each workflow out with the frontend, save what the editor serialises, and screenshot it.
+
+    Each saved file is then loaded back the way a user opens it; if the frontend shows a warning
+    (its workflow schema check) or an error, nothing is left half-written and the run fails."""
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium")
+    if not chromium:
+        raise SystemExit("chromium not installed: `sudo apt-get install chromium` (scripts/setup.sh does it)")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1800, "height": 1100})
+        watch = Watch(page)
         page.goto(server.url)
         page.wait_for_function("() => window.app && window.app.graph && window.app.extensionManager", timeout=90_000)
         page.add_style_tag(content=".from-blue-600, .p-toast { display: none !important; }")
-        for f in files:
-            wf = page.evaluate(LAYOUT_JS, json.loads(f.read_text()))
+        laid_out = {}
+        for f, ui in files.items():
+            wf = page.evaluate(LAYOUT_JS, ui)
+            seen = len(watch.problems())
+            page.evaluate(RELOAD_JS, wf)
+            page.wait_for_timeout(300)
+            if len(watch.problems()) > seen:
+                raise SystemExit(f"{f.name}: the frontend rejects the workflow it serialised\n  " + "\n  ".join(watch.problems()[seen:]))
+            laid_out[f] = wf
+        for f, wf in laid_out.items():
             f.write_text(json.dumps(wf, indent=1) + "\n")
             if thumbs:
+                page.evaluate(RELOAD_JS, wf)
                 page.wait_for_timeout(500)
                 clip = page.evaluate(FIT_JS)
                 page.wait_for_timeout(500)
@@ -100,6 +121,7 @@ def layout_and_thumbnails(server: ComfyServer, files: list[Path], thumbs: bool) 
 
 
 def main() -> None:
+    host.use_host_python()  # playwright lives in the host's venv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-thumbnails", action="store_true")
     args = ap.parse_args()
@@ -108,7 +130,7 @@ def main() -> None:
         cfg = prepare_base(base, {})
         server = ComfyServer(base, cfg).start()
         try:
-            files = write_ui(server.get_json("/object_info"))
+            files = build_ui(server.get_json("/object_info"))
             layout_and_thumbnails(server, files, thumbs=not args.no_thumbnails)
         finally:
             server.stop()

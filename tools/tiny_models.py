@@ -5,7 +5,7 @@ real family: SD3 (MMDiT-X, RMS qk-norm, context 4096, pooled 2048), SD1.5 and th
 (Segmind Vega's shape, the smallest SDXL-family shape the host knows). Weights are deterministic
 for a seed, and the files are cached between runs in a folder keyed by this file's content.
 
-Needs ``comfy`` importable (the host on ``sys.path``); used by the tests, ``bench/`` and the demo.
+Needs ``comfy`` importable (``tools.host.bootstrap()`` first); used by the tests, ``bench/`` and the demo.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -28,7 +29,11 @@ CACHE_VERSION = 1
 
 
 def cache_root() -> Path:
-    base = os.environ.get("SD35WB_CACHE") or os.path.join(
+    """SD35WB_TINY_CACHE, else the host's cache folder (SD35WB_CACHE, else ~/.cache/sd35-workbench).
+
+    The tiny models get their own override so a run can start with none built (the demo's cold-path
+    test) while keeping the 6 GB host."""
+    base = os.environ.get("SD35WB_TINY_CACHE") or os.environ.get("SD35WB_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sd35-workbench"
     )
     digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
@@ -242,8 +247,10 @@ def build_all(root: Path | None = None) -> Path:
     stamp = root / f".complete-v{CACHE_VERSION}"
     if stamp.exists():
         return root
-    tmp = root.with_name(root.name + ".building")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # Several processes may build at once (two test runs, a test and `make demo`): each writes its
+    # own folder and the first to finish publishes it; the others drop theirs.
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".building-", dir=root.parent))
     dm = tmp / "diffusion_models"
     write_sd3(dm / "tiny-sd35m.safetensors", seed=1)
     write_sd3_diffusers(tmp / "diffusers" / "tiny-sd35m", seed=1)
@@ -254,8 +261,11 @@ def build_all(root: Path | None = None) -> Path:
     write_taesd(va, "taesdxl", 4, seed=12)
     write_taesd(va, "taesd3", 16, seed=14)
     (tmp / stamp.name).write_text("ok\n")
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(tmp, root)
+    with contextlib.suppress(OSError):  # lost the race: another process published first
+        os.rename(tmp, root)  # publishes only complete folders, never over an existing one
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not stamp.exists():
+        raise RuntimeError(f"{root} exists but is incomplete (no {stamp.name}): delete it and run again")
     return root
 
 

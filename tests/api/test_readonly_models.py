@@ -21,7 +21,7 @@ def make_read_only(folder):
         return lambda: folder.chmod(0o755)
     if shutil.which("chattr") and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
         return lambda: subprocess.run(["chattr", "-i", str(folder)], check=True)
-    pytest.skip("cannot make a folder read-only here (root without chattr)")
+    pytest.skip("cannot make a folder read-only here (root without chattr): `sudo apt-get install e2fsprogs`")
 
 
 @pytest.fixture(scope="module")

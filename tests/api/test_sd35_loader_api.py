@@ -103,15 +103,18 @@ def test_sd35_large_workflow_runs_on_tiny_models(server, clip_l):
     assert img.size == (128, 128) and len(set(img.getdata())) > 100
 
 
-def test_the_real_names_validate_and_fail_with_the_loaders_message(server):
+def test_the_real_names_validate_and_fail_with_the_loaders_message(server, user_models):
     """Missing stabilityai files still pass validation (the loader lists them) and then fail
     before any loading, saying where to put them or how to fetch them."""
     wf = json.loads((REPO / "workflows" / "api" / "sd35_large.json").read_text())
     with pytest.raises(PromptFailed) as e:
         server.run(wf)
     assert e.value.error["node_type"] == "SD35WB_SD35Loader"
-    assert e.value.error["exception_message"].startswith(
-        "model_name: sd3.5_large.safetensors is not in models/checkpoints. Place it there, or turn on fetch_missing")
+    msg = e.value.error["exception_message"]
+    assert msg.startswith("model_name: sd3.5_large.safetensors is not in models/checkpoints ("), msg
+    # the user's diffusion_models folder (extra_model_paths.yaml) is named as searched too
+    assert "or models/diffusion_models (" in msg and str(user_models / "diffusion_models") in msg, msg
+    assert "Place it in one of them, or turn on fetch_missing" in msg
 
 
 def test_a_unet_file_fails_with_a_clear_message(server):

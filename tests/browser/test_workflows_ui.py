@@ -65,6 +65,10 @@ def test_dropped_workflow_loads_and_queues(page, server, ui_path, placeholder_fi
     assert sorted(types) == sorted(n["type"] for n in wf["nodes"])
     fam = family_of(ui_to_api(wf, server.get_json("/object_info")))
     page.evaluate(RETARGET_JS, [TINY_MODEL[fam], TINY_VAE[fam]])
+    # Only loading and queueing are under test: the models were pointed at placeholder files and no
+    # text encoders, so a run the host starts before the interrupt below fails on exactly those.
+    page.watch.expect(r"^error dialog: .*placeholder_(checkpoints|text_encoders)\.safetensors")
+    page.watch.expect(r"^error dialog: CLIPTextEncode\s.*clip input is invalid: None")
     with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST", timeout=30_000) as resp:
         page.evaluate("() => window.app.queuePrompt(0)")
     body = resp.value.json()
@@ -72,3 +76,19 @@ def test_dropped_workflow_loads_and_queues(page, server, ui_path, placeholder_fi
     server.request("/interrupt", {})
     assert resp.value.status == 200, body
     assert body.get("prompt_id") and not body.get("node_errors"), body
+
+
+def test_a_missing_model_tells_the_user_every_folder_searched(page, server, user_models):
+    """The SD3.5 Large example as shipped, queued by a user who has not downloaded the model: the
+    run fails and the dialog the user reads names checkpoints *and* diffusion_models, with paths."""
+    path = REPO / "workflows" / "sd35_large.json"
+    text = path.read_text()
+    page.evaluate(DROP_JS, [text, path.name])
+    page.wait_for_function("(n) => window.app.graph._nodes.length === n", arg=len(json.loads(text)["nodes"]), timeout=20_000)
+    page.watch.expect(r"^error dialog: .*sd3\.5_large\.safetensors is not in")  # provoked: the run must fail
+    page.evaluate("() => window.app.queuePrompt(0)")
+    report = page.locator(".comfy-error-report")
+    report.wait_for(timeout=120_000)
+    shown = report.inner_text()
+    assert "sd3.5_large.safetensors is not in models/checkpoints (" in shown, shown
+    assert "models/diffusion_models (" in shown and str(user_models / "diffusion_models") in shown, shown

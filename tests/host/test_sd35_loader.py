@@ -286,11 +286,26 @@ BAD = [
      "vae: 'from checkpoint' but tiny-sd35m.safetensors has no VAE inside (a diffusion-model-only file); pick a VAE "
      "file from models/vae"),
     (dict(model_name="sd3.5_large.safetensors"),
-     "model_name: sd3.5_large.safetensors is not in models/checkpoints. Place it there, or turn on fetch_missing to get "
+     "). Place it in one of them, or turn on fetch_missing to get "
      "it from https://huggingface.co/stabilityai/stable-diffusion-3.5-large (a gated repo: accept its license first)."),
     (dict(clip_g="clip_g.safetensors"),
-     "clip_g: clip_g.safetensors is not in models/text_encoders. Place it there, or turn on fetch_missing"),
+     "). Place it there, or turn on fetch_missing"),
 ]
+
+
+@pytest.mark.parametrize("inputs, kinds", [(dict(model_name="sd3.5_large.safetensors"), ("checkpoints", "diffusion_models")),
+                                           (dict(model_name="my-finetune.safetensors"), ("checkpoints", "diffusion_models")),
+                                           (dict(clip_g="clip_g.safetensors"), ("text_encoders",)),
+                                           (dict(vae="my-vae.safetensors"), ("vae",))],
+                         ids=["known-model", "own-model", "clip_g", "vae"])
+def test_missing_file_message_names_every_folder_searched(host, files, inputs, kinds):
+    """The loader looks in checkpoints *and* diffusion_models (and extra_model_paths.yaml folders):
+    the message lists each of them with its paths, so a user who put the file elsewhere sees why."""
+    slot, name = next(iter(inputs.items()))
+    with pytest.raises(ValueError) as e:
+        load(host, **inputs)
+    where = " or ".join(f"models/{k} ({', '.join(host.folder_paths.get_folder_paths(k))})" for k in kinds)
+    assert str(e.value).startswith(f"{slot}: {name} is not in {where}. "), str(e.value)
 
 
 @pytest.mark.parametrize("inputs, message", BAD, ids=[f"{list(k)[0]}={list(k.values())[0]}" for k, _ in BAD])

@@ -178,7 +178,8 @@ def test_offline_and_missing_says_what_to_do(tmp_path, monkeypatch):
 
 
 def _http_error(cls, status):
-    httpx = pytest.importorskip("httpx2") if _has("httpx2") else pytest.importorskip("httpx")
+    hint = "huggingface_hub raises httpx errors: `pip install httpx` (comes with huggingface_hub>=1.0)"
+    httpx = pytest.importorskip("httpx2", reason=hint) if _has("httpx2") else pytest.importorskip("httpx", reason=hint)
     r = httpx.Response(status, request=httpx.Request("GET", "https://huggingface.co/x/y/resolve/main/f"))
     return cls(f"{status} error", response=r)
 
