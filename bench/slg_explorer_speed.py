@@ -33,11 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from tools.comfy_server import host_env  # noqa: E402
-
-sys.path.insert(0, host_env()["COMFYUI_DIR"])
-
 import torch  # noqa: E402
+
+from tools import host  # noqa: E402
 
 TARGET = 0.55
 BLOCKS = 24
@@ -59,12 +57,7 @@ def parse_args():
 ARGS = parse_args()
 CUDA = ARGS.device == "cuda" or (ARGS.device == "auto" and torch.cuda.is_available())
 
-import comfy.options  # noqa: E402
-
-comfy.options.enable_args_parsing(False)
-import comfy.cli_args  # noqa: E402
-
-comfy.cli_args.args.cpu = not CUDA
+host.bootstrap(cpu=not CUDA)  # the host first on sys.path, before anything imports comfy
 
 
 def load_pack():

@@ -51,8 +51,9 @@ def use_host_python() -> None:
         os.execv(env["COMFYUI_PYTHON"], [env["COMFYUI_PYTHON"], *sys.orig_argv[1:]])
 
 
-def bootstrap() -> dict[str, str]:
-    """Make the host importable in this process, CPU only; idempotent. Returns host_env().
+def bootstrap(cpu: bool = True) -> dict[str, str]:
+    """Make the host importable in this process, CPU only unless ``cpu=False`` (a bench's CUDA branch);
+    idempotent. Returns host_env().
 
     The host's top-level modules (nodes, folder_paths, server, ...) must win over the pack's own
     `nodes/` package, so COMFYUI_DIR goes first on sys.path and the repo (for `sd35wb`, `tools`) last.
@@ -66,7 +67,7 @@ def bootstrap() -> dict[str, str]:
     if "comfy.model_management" in sys.modules:
         import comfy.cli_args
 
-        if not comfy.cli_args.args.cpu:
+        if cpu and not comfy.cli_args.args.cpu:
             raise RuntimeError("comfy.model_management was imported before tools.host.bootstrap(): call it first")
         return env
     import comfy.options
@@ -74,5 +75,5 @@ def bootstrap() -> dict[str, str]:
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = cpu
     return env

@@ -1,6 +1,6 @@
 """The real ComfyUI host in this process, with the pack's sweep node, for the sweep bench and picture.
 
-(Kept to what those two need; when the project's shared in-process bootstrap lands, this should use it.)
+The host itself comes from the one bootstrap, tools/host.py.
 """
 
 from __future__ import annotations
@@ -18,15 +18,9 @@ def boot(work: Path, threads: int = 1):
     (the sweep's render cache) under ``work/temp``. Returns (nodes module, CheckpointSweep class)."""
     sys.path.append(str(REPO))
     sys.path.insert(0, str(REPO / "tests"))
-    from tools.comfy_server import host_env
+    from tools import host
 
-    sys.path.insert(0, host_env()["COMFYUI_DIR"])
-    import comfy.options
-
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
+    host.bootstrap()
     import torch
 
     torch.set_num_threads(threads)
