@@ -15,6 +15,8 @@ from testnodes import make_conditioning
 
 from tools import finetune_fixtures as ff
 
+pytestmark = pytest.mark.usefixtures("training_roots_env")
+
 PX = 64
 FAMILY = {ff.SD15: ("sd15", "taesd"), ff.VEGA: ("sdxl", "taesdxl")}
 

@@ -29,14 +29,7 @@ def ft_run(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def training_roots(tmp_path_factory):
-    """The node links only under SD35WB_TRAINING_ROOTS (the same rule as the route and the CLI):
-    this module's runs all live under pytest's base temp folder."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SD35WB_TRAINING_ROOTS", str(tmp_path_factory.getbasetemp()))
-    yield tmp_path_factory.getbasetemp()
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("training_roots_env")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -18,6 +18,8 @@ from sd35wb import grid
 from tools import sd35_fixtures
 from tools import simpletuner_fixtures as stf
 
+pytestmark = pytest.mark.usefixtures("training_roots_env")
+
 RUN = "host-sweep"
 PX = 64
 
@@ -46,7 +48,7 @@ def run_models(host, tmp_path_factory):
     v.mkdir()
     for step, color in ((100, (255, 0, 0)),):
         Image.new("RGB", (PX, PX), color).save(v / f"step_{step}_validation_{PX}x{PX}.png")
-    models, _, _ = call(host.nodes, "SD35WB_SimpleTunerLink", output_dir=str(out), run=RUN, full=True, ema=False,
+    models, *_ = call(host.nodes, "SD35WB_SimpleTunerLink", output_dir=str(out), run=RUN, full=True, ema=False,
                         lora=False, final=False)
     return models.splitlines()
 
