@@ -34,13 +34,13 @@ def main() -> None:
         (out / "config.json").write_text(json.dumps({"--model_family": "sdxl", "--prediction_type": "v_prediction",
                                                      "--rescale_betas_zero_snr": True}))
         dirs = {"diffusion_models": Path(tmp) / "models" / "diffusion_models", "loras": Path(tmp) / "models" / "loras"}
-        first = linker.sync(out, None, dirs)
+        first = linker.sync(out, None, dirs, roots=str(Path(tmp) / "train"))
         names = first.exposed["diffusion_models"]
         assert len(names) == N_CHECKPOINTS and all(d["prediction"]["value"] == "v" for d in first.detected.values())
         sync_t, detect_t = [], []
         for _ in range(REPEATS):
             t0 = time.process_time()
-            again = linker.sync(out, None, dirs)
+            again = linker.sync(out, None, dirs, roots=str(Path(tmp) / "train"))
             sync_t.append(time.process_time() - t0)
             assert not again.linked
             t0 = time.process_time()
