@@ -27,7 +27,7 @@ def page(browser, server, request):
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.goto(server.url, wait_until="domcontentloaded")
-    pg.wait_for_function("() => window.app && window.app.graph && window.app.extensionManager", timeout=90_000)
+    __import__("ui_ready").wait_until_interactive(pg)  # nothing clicks before a user could (tests/browser/ui_ready.py)
     pg.js_errors = errors
     yield pg
     if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
