@@ -25,6 +25,7 @@
 # Idempotent: a complete, verified host is reused and nothing is changed. Safe to run concurrently
 # (every cache entry is built under a lock).
 set -euo pipefail
+shopt -s inherit_errexit  # a failure inside $(...) stops the script too
 # The hosts are looked at as they are: nothing of the caller's PYTHONPATH (e.g. a tools layer).
 unset PYTHONPATH
 
@@ -104,8 +105,13 @@ host_pip() {  # pip that resolves against $1's environment; reads it, never writ
   if "$hpy" -m pip --version >/dev/null 2>&1; then pipq "$hpy" -m pip "$@"; else pipq "$PY" -m pip --python "$hpy" "$@"; fi
 }
 
-verify_tools() {  # $1 = python, $2 = layer
-  PYTHONPATH="$2/site" "$1" -c "import pytest, pytest_timeout, hypothesis, playwright, diffusers, peft, websocket; import ruff.__main__ as r; r.find_ruff_bin()" >/dev/null 2>&1
+TOOL_MODULES="pytest, pytest_timeout, hypothesis, playwright, diffusers, peft, websocket"
+verify_tools() {  # $1 = python, $2 = layer, $3 = "import" to import them all (after a build; slow)
+  if [ "${3:-}" = import ]; then
+    PYTHONPATH="$2/site" "$1" -c "import $TOOL_MODULES; import ruff.__main__ as r; r.find_ruff_bin()" >/dev/null 2>&1
+  else
+    PYTHONPATH="$2/site" "$1" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in '$TOOL_MODULES, ruff'.split(', ')))"
+  fi
 }
 
 build_tools() {  # $1 = host python, $2 = layer dir (final path)
@@ -114,6 +120,8 @@ build_tools() {  # $1 = host python, $2 = layer dir (final path)
   log "building the test-tools layer $layer for $hpy"
   rm -rf "$layer"
   local tmp; tmp="$(mktemp -d "$CACHE_ROOT/.building-tools-XXXXXX")"
+  chmod 755 "$tmp"
+  trap "rm -rf '$tmp'" EXIT  # runs in the lock's subshell: a failed build leaves nothing behind
   # What pip would add to the host for our requirements, resolved against the host as it is.
   host_pip "$hpy" install -q --disable-pip-version-check --dry-run --report "$tmp/report.json" \
     -r "$REPO/requirements.txt" -r "$REPO/requirements-dev.txt"
@@ -141,7 +149,7 @@ PYEOF
 PYTHONPATH="$layer/site\${PYTHONPATH:+:\$PYTHONPATH}" exec "$hpy" "\$@"
 EOF
   chmod +x "$tmp/bin/python"
-  verify_tools "$hpy" "$tmp" || die "the test-tools layer does not import (pytest, playwright, diffusers, peft, ruff) with $hpy"
+  verify_tools "$hpy" "$tmp" import || die "the test-tools layer does not import (pytest, playwright, diffusers, peft, ruff) with $hpy"
   date -u +%FT%TZ > "$tmp/.complete"
   mv "$tmp" "$layer"
 }
@@ -313,6 +321,8 @@ build_frontend() {  # $1 = version, $2 = dir
   log "fetching comfyui-frontend-package==$v into $d"
   rm -rf "$d"
   local tmp; tmp="$(mktemp -d "$CACHE_ROOT/.building-frontend-XXXXXX")"
+  chmod 755 "$tmp"
+  trap "rm -rf '$tmp'" EXIT  # runs in the lock's subshell: a failed build leaves nothing behind
   pipq "$PY" -m pip download -q --disable-pip-version-check --no-deps "comfyui-frontend-package==$v" -d "$tmp/wheel"
   "$PY" - "$tmp"/wheel/comfyui_frontend_package-*.whl "$tmp/static" <<'PYEOF'
 import sys, zipfile, pathlib

@@ -26,7 +26,7 @@ else
 fi
 set +a
 export PYTHONPATH="$SD35WB_TOOLS${PYTHONPATH:+:$PYTHONPATH}"
-echo "[test] host: ComfyUI ${SD35WB_HOST_VERSION:-?} at $COMFYUI_DIR; frontend: ${SD35WB_FRONTEND_VERSION:-the host's own}"
+echo "[test] host: ComfyUI ${SD35WB_HOST_VERSION:-?} at $COMFYUI_DIR; frontend: ${SD35WB_FRONTEND_VERSION:-as the host pins it}"
 t0=$(date +%s)
 "$COMFYUI_PYTHON" -m ruff check .
 echo "[test] ruff: $(( $(date +%s) - t0 ))s"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from browser.ui_ready import wait_until_interactive
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--disable-quic"]
@@ -27,7 +28,7 @@ def page(browser, server, request):
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.goto(server.url, wait_until="domcontentloaded")
-    __import__("ui_ready").wait_until_interactive(pg)  # nothing clicks before a user could (tests/browser/ui_ready.py)
+    wait_until_interactive(pg)  # nothing clicks before a user could
     pg.js_errors = errors
     yield pg
     if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
