@@ -140,7 +140,8 @@ for item in report.get("install", []):
 PYEOF
   mkdir -p "$tmp/site" "$tmp/bin"
   if [ -s "$tmp/install.txt" ]; then
-    pipq "$PY" -m pip install -q --disable-pip-version-check --no-deps --no-compile --target "$tmp/site" -r "$tmp/install.txt"
+    # The host's own pip picks wheels for the host's python; --target writes only into the layer.
+    host_pip "$hpy" install -q --disable-pip-version-check --no-deps --no-compile --target "$tmp/site" -r "$tmp/install.txt"
   fi
   # The one command that runs the host's python with the tools layered under it.
   cat > "$tmp/bin/python" <<EOF
@@ -156,7 +157,8 @@ EOF
 
 ensure_tools() {  # $1 = host python; prints the layer dir
   local hpy="$1" key
-  key="$( { echo "$TOOLS_LAYOUT $(readlink -f "$hpy")"; "$hpy" -VV; host_dists "$hpy"; cat "$REPO/requirements.txt" "$REPO/requirements-dev.txt"; } | sha256sum | cut -c1-12)"
+  hpy="$(cd "$(dirname "$hpy")" && pwd)/$(basename "$hpy")"  # absolute, unresolved: venvs share one interpreter
+  key="$( { echo "$TOOLS_LAYOUT $hpy"; "$hpy" -VV; host_dists "$hpy"; cat "$REPO/requirements.txt" "$REPO/requirements-dev.txt"; } | sha256sum | cut -c1-12)"
   local layer="$CACHE_ROOT/testtools-$key"
   locked "testtools-$key" build_tools "$hpy" "$layer" >&2
   echo "$layer"
