@@ -52,7 +52,7 @@ HOST_LAYOUT=2
 TOOLS_LAYOUT=1
 
 pipq() {  # pip, quiet, without the noise of this machine's local index folders
-  "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+  PIP_ROOT_USER_ACTION=ignore "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
 
 locked() {  # $1 = lock name; the rest runs while holding it
