@@ -122,8 +122,10 @@ def test_link_node_in_a_prompt_obeys_the_training_roots(server, tmp_path):
 
 
 def _sweep_cli(*args):
+    # Keep the caller's PYTHONPATH: scripts/test.sh layers the test tools (websocket-client) there.
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "sd35wb.sweep", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": path})
 
 
 def test_sweep_cli_spreads_prompts_and_writes_the_strip(server, api_run, tmp_path):
