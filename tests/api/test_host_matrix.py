@@ -78,8 +78,12 @@ def users_comfyui(tmp_path) -> tuple[Path, str]:
     linked in), run by the host's python, which stands in for theirs."""
     src = Path(host_env()["COMFYUI_DIR"])
     comfy = tmp_path / "users" / "ComfyUI"
-    shutil.copytree(src, comfy, symlinks=True,
-                    ignore=shutil.ignore_patterns("custom_nodes", "user", "output", "input", "temp", "__pycache__"))
+    top_level = {"custom_nodes", "user", "output", "input", "temp"}  # only at the top: comfy_api/input is code
+
+    def skip(folder: str, names: list[str]) -> set[str]:
+        return {n for n in names if n == "__pycache__" or (Path(folder) == src and n in top_level)}
+
+    shutil.copytree(src, comfy, symlinks=True, ignore=skip)
     own_clone = tmp_path / "users" / "my-sd35-workbench"
     own_clone.mkdir()
     (own_clone / "__init__.py").write_text("# the user's own checkout\n")
