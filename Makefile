@@ -1,17 +1,23 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both set up the host first.
+#   make test HOST=newest               # the newest ComfyUI tree in ../shared/hosts (or HOST=/path/to/ComfyUI.tar.gz)
+#   make test HOST=newest FRONTEND=newest PYTEST_ARGS="-m browser"   # with the newest frontend package
 SHELL := /bin/bash
-HOSTPY = $(shell . ./.host.env 2>/dev/null && echo $$COMFYUI_PYTHON)
+# The host's python with the test tools layered on (scripts/setup.sh writes .host.env).
+HOSTPY = $(shell . ./.host.env 2>/dev/null && echo $$SD35WB_TOOLS_PYTHON)
 PYTEST_ARGS ?=
+HOST ?=
+FRONTEND ?=
+SETUP_ARGS = $(if $(HOST),--host $(HOST)) $(if $(FRONTEND),--frontend $(FRONTEND))
 
 .PHONY: setup test demo lint bench unit
 setup:
-	@bash scripts/setup.sh
+	@bash scripts/setup.sh $(SETUP_ARGS)
 
 lint: setup
 	@$(HOSTPY) -m ruff check .
 
 test: setup
-	@bash scripts/test.sh $(PYTEST_ARGS)
+	@HOST="$(HOST)" FRONTEND="$(FRONTEND)" bash scripts/test.sh $(PYTEST_ARGS)
 
 unit:  # no host needed: the unit tier imports no ComfyUI
 	@bash scripts/unit.sh $(PYTEST_ARGS)

@@ -8,7 +8,7 @@ cd "$REPO"
 PY=""
 if [ -f .host.env ]; then
   # shellcheck disable=SC1091
-  PY="$(. ./.host.env && echo "${COMFYUI_PYTHON:-}")"
+  PY="$(. ./.host.env && echo "${SD35WB_TOOLS_PYTHON:-${COMFYUI_PYTHON:-}}")"  # the host's python + the tools layer
   [ -x "$PY" ] && "$PY" -c "import pytest, hypothesis" 2>/dev/null || PY=""
 fi
 if [ -z "$PY" ]; then

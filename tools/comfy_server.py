@@ -51,7 +51,7 @@ def prepare_base(base: Path, model_roots: dict[str, list[Path]], extra_custom_no
 
 class ComfyServer:
     def __init__(self, base: Path, extra_model_paths: Path, port: int | None = None, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, front_end_root: str | Path | None = None):
         self.base = Path(base)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -59,6 +59,9 @@ class ComfyServer:
         self.extra_model_paths = extra_model_paths
         self.extra_args = extra_args or []
         self.env = env or {}
+        # Another frontend build (a comfyui-frontend-package wheel's static/ folder); scripts/test.sh
+        # sets SD35WB_FRONT_END_ROOT for `make test FRONTEND=newest`.
+        self.front_end_root = front_end_root or os.environ.get("SD35WB_FRONT_END_ROOT") or None
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 180.0) -> ComfyServer:
@@ -66,6 +69,8 @@ class ComfyServer:
         cmd = [env["COMFYUI_PYTHON"], "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base), "--extra-model-paths-config", str(self.extra_model_paths),
                "--disable-auto-launch", "--database-url", f"sqlite:///{self.base / 'comfyui.db'}", *self.extra_args]
+        if self.front_end_root:
+            cmd += ["--front-end-root", str(self.front_end_root)]
         self._log = open(self.log_path, "ab")
         penv = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **self.env}
         self.proc = subprocess.Popen(cmd, cwd=env["COMFYUI_DIR"], stdout=self._log, stderr=subprocess.STDOUT, env=penv)

@@ -46,8 +46,12 @@ def use_host_python() -> None:
     e.g. `python3 -m tools.demo`: torch, playwright and the test tools live in the host's venv."""
     env = host_env()
     want = Path(env["COMFYUI_PYTHON"]).parent.parent.resolve()
-    if Path(sys.prefix).resolve() != want and not os.environ.get("SD35WB_REEXEC"):
+    tools = env.get("SD35WB_TOOLS", "")  # the test-tools layer scripts/setup.sh puts over the host's python
+    layered = not tools or any(Path(p or ".").resolve() == Path(tools).resolve() for p in sys.path)
+    if (Path(sys.prefix).resolve() != want or not layered) and not os.environ.get("SD35WB_REEXEC"):
         os.environ["SD35WB_REEXEC"] = "1"  # once: never loop if the paths disagree for another reason
+        if tools:
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [tools, os.environ.get("PYTHONPATH")]))
         os.execv(env["COMFYUI_PYTHON"], [env["COMFYUI_PYTHON"], *sys.orig_argv[1:]])
 
 

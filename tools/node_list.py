@@ -4,7 +4,7 @@ The Manager's missing-node scanner reads only literal ``NODE_CLASS_MAPPINGS`` di
 ``{"<node id>": "<description>", ...}``. This V3 pack registers its nodes at run time, so the list
 is taken from what a real server serves:
 
-    .host/venv/bin/python -m tools.node_list      # rewrites node_list.json; tests/api/test_node_list.py checks it
+    .tools/bin/python -m tools.node_list        # rewrites node_list.json; tests/api/test_node_list.py checks it
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Install as ComfyUI-Manager does: git clone into custom_nodes, pip install -r requirements.txt, start."""
+"""Install by hand as the README says: git clone into custom_nodes, pip install -r requirements.txt, start."""
 
 import re
 import subprocess
@@ -13,10 +13,12 @@ def manager_style_server(tmp_path_factory, server):
     base = tmp_path_factory.mktemp("manager-install")
     cn = base / "custom_nodes"
     cn.mkdir()
-    # What the Manager does: a clone of the repository (committed state), then its requirements.
+    # What a manual install does: a clone of the repository (committed state), then its requirements.
+    # --dry-run: the requirements must resolve against the host's python, but a user's ComfyUI run with
+    # COMFYUI_DIR=... is never changed (the real Manager install, pip included, is tests/api/test_install_tools.py).
     subprocess.run(["git", "clone", "-q", str(REPO), str(cn / "sd35-workbench")], check=True)
     py = host_env()["COMFYUI_PYTHON"]
-    pip = subprocess.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r",
+    pip = subprocess.run([py, "-m", "pip", "install", "-q", "--dry-run", "--disable-pip-version-check", "-r",
                           str(cn / "sd35-workbench" / "requirements.txt")], capture_output=True, text=True)
     assert pip.returncode == 0, pip.stderr[-2000:]
     cfg = prepare_base(base, {})

@@ -15,7 +15,7 @@ from tools.comfy_server import REPO
 def test_node_list_json_equals_the_node_ids_the_host_serves(server):
     listed = json.loads(node_list.PATH.read_text())
     served = node_list.from_object_info(server.get_json("/object_info"))
-    assert set(listed) == set(served), ("node_list.json is out of date: run `.host/venv/bin/python -m tools.node_list`; "
+    assert set(listed) == set(served), ("node_list.json is out of date: run `.tools/bin/python -m tools.node_list`; "
                                         f"missing {sorted(set(served) - set(listed))}, stale {sorted(set(listed) - set(served))}")
     # The Manager's format: {"<node id>": "<description>"}, every description a non-empty string.
     assert all(isinstance(v, str) and v.strip() for v in listed.values())

@@ -79,7 +79,8 @@ def clip_link(user_models):
 
 def _cli(*args, popen=False):
     cmd = [sys.executable, "-u", "-m", "sd35wb.sweep", *map(str, args)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Keep the caller's PYTHONPATH: scripts/test.sh layers the test tools (websocket-client) there.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     if popen:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)

@@ -7,6 +7,7 @@ offline-only noise is allowed there by name)."""
 from __future__ import annotations
 
 import pytest
+from browser.ui_ready import wait_until_interactive
 
 from tools.browser_watch import Watch
 
@@ -29,6 +30,7 @@ def open_app(pg, url: str) -> None:
     """Load the frontend and wait until the app is up (the one place to add more readiness waits)."""
     pg.goto(url, wait_until="domcontentloaded")
     pg.wait_for_function(APP_READY_JS, timeout=90_000)
+    wait_until_interactive(pg)  # nothing clicks before a user could: no blocking mask, graph loaded
 
 
 @pytest.fixture
