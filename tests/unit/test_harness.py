@@ -65,7 +65,9 @@ def test_needs_a_tool():
 def test_a_skip_is_a_failure_under_ci_and_says_what_to_install_outside(tmp_path):
     (tmp_path / "test_skipping.py").write_text(SKIPPING)
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "ci_plugin", "test_skipping.py"]
-    env = {**no_host_env(), "PYTHONPATH": str(REPO / "tests")}
+    # Keep the caller's PYTHONPATH: scripts/test.sh layers the test tools (pytest itself) there.
+    env = no_host_env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), env.get("PYTHONPATH")]))
     for ci in ("true", "1", "yes"):  # any non-empty value means CI
         res = subprocess.run(cmd, cwd=tmp_path, env={**env, "CI": ci}, capture_output=True, text=True, timeout=120)
         assert res.returncode == 1, res.stdout
