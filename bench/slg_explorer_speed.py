@@ -22,7 +22,6 @@ Run: $COMFYUI_PYTHON bench/slg_explorer_speed.py [--size 256] [--repeats 7] [--d
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -60,13 +59,6 @@ CUDA = ARGS.device == "cuda" or (ARGS.device == "auto" and torch.cuda.is_availab
 host.bootstrap(cpu=not CUDA)  # the host first on sys.path, before anything imports comfy
 
 
-def load_pack():
-    spec = importlib.util.spec_from_file_location("sd35wb_pack", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["sd35wb_pack"] = mod
-    spec.loader.exec_module(mod)
-    return importlib.import_module("sd35wb_pack.nodes.slg_explorer")
 
 
 class Measured(Exception):
@@ -97,7 +89,7 @@ def main() -> int:
     depth = ARGS.depth or (24 if CUDA else 1)
     size = ARGS.size or (1024 if CUDA else 256)
     dtype = torch.float16 if CUDA else torch.float32
-    M = load_pack()
+    M = host.load_pack("nodes.slg_explorer")
     model = sd3_model_patcher(num_blocks=BLOCKS, depth=depth, dtype=dtype)
     if not CUDA:
         # The host's activation estimate is calibrated on the real width (1536); scale it to the bench

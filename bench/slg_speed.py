@@ -16,7 +16,6 @@ Run: $COMFYUI_PYTHON bench/slg_speed.py [--sizes 256 1024] [--repeats N] [--thre
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import resource
 import statistics
@@ -47,14 +46,6 @@ MMAP_NOTE = (
     "See it with: bench/slg_speed.py --sizes 512 (with and without those variables).")
 
 
-def load_pack():
-    """Import the pack as a package (its node modules use relative imports)."""
-    spec = importlib.util.spec_from_file_location("sd35wb_pack", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["sd35wb_pack"] = mod
-    spec.loader.exec_module(mod)
-    return importlib.import_module("sd35wb_pack.nodes.slg")
 
 
 def run(guider, noise, latent, sampler, sigmas, times: list) -> torch.Tensor:
@@ -94,7 +85,7 @@ def main() -> int:
 
     from tools.tiny_models import sd3_model_patcher
 
-    slg = load_pack()
+    slg = host.load_pack("nodes.slg")
     model = sd3_model_patcher(num_blocks=24, depth=args.depth)
     # The host sizes batches with an activation-memory estimate calibrated on the real SD3.5 width
     # (1536); at this width that estimate is ~24x too big, and at 1024 px it made the host split

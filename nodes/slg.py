@@ -141,6 +141,28 @@ def _run_rows(prev, args, extra, run, n_chunks, rows_per_chunk, block=None):
 # The guider
 
 
+
+def public_rows_wrapper(prev, public_rows, key: str):
+    """A model_function_wrapper that shows our extra rows (skip / variant) to other code as positive
+    rows (0), the way core's separate pass tags them; the real tags travel in transformer_options[key].
+    Chains ``prev`` (another pack's wrapper) instead of replacing it."""
+
+    def sd35wb_slg_rows(apply_model, args):
+        rows = list(args["cond_or_uncond"])
+        public = public_rows(rows)
+        c = dict(args["c"])
+        to = dict(c.get("transformer_options", {}))
+        to["cond_or_uncond"] = public
+        to[key] = rows
+        c["transformer_options"] = to
+        new_args = dict(args)
+        new_args["c"], new_args["cond_or_uncond"] = c, public
+        if prev is not None:
+            return prev(apply_model, new_args)
+        return apply_model(new_args["input"], new_args["timestep"], **c)
+
+    return sd35wb_slg_rows
+
 class SLGGuider(comfy.samplers.CFGGuider):
     """CFG + Skip Layer Guidance. ``predict_noise`` is the only sampling hook overridden."""
 
@@ -260,26 +282,6 @@ class SLGGuider(comfy.samplers.CFGGuider):
 
         return sd35wb_slg_skip
 
-    @staticmethod
-    def _public_rows_wrapper(prev):
-        """Show the skip rows to other code as positive rows (0), the way core's separate pass tags them."""
-
-        def sd35wb_slg_rows(apply_model, args):
-            rows = list(args["cond_or_uncond"])
-            public = S.public_cond_or_uncond(rows, SKIP_INDEX)
-            c = dict(args["c"])
-            to = dict(c.get("transformer_options", {}))
-            to["cond_or_uncond"] = public
-            to["sd35wb_slg_cond_or_uncond"] = rows
-            c["transformer_options"] = to
-            new_args = dict(args)
-            new_args["c"], new_args["cond_or_uncond"] = c, public
-            if prev is not None:
-                return prev(apply_model, new_args)
-            return apply_model(new_args["input"], new_args["timestep"], **c)
-
-        return sd35wb_slg_rows
-
     def _batched_options(self, model_options):
         opts = model_options.copy()
         opts["transformer_options"] = dict(opts.get("transformer_options", {}))
@@ -296,7 +298,9 @@ class SLGGuider(comfy.samplers.CFGGuider):
             else:
                 continue
             opts = comfy.model_patcher.set_model_options_patch_replace(opts, patch, "dit", "double_block", i)
-        opts["model_function_wrapper"] = self._public_rows_wrapper(opts.get("model_function_wrapper"))
+        opts["model_function_wrapper"] = public_rows_wrapper(opts.get("model_function_wrapper"),
+                                                            lambda rows: S.public_cond_or_uncond(rows, SKIP_INDEX),
+                                                            "sd35wb_slg_cond_or_uncond")
         return opts
 
     def _separate_options(self, model_options):

@@ -40,7 +40,7 @@ from ..sd35wb import grid as G
 from ..sd35wb import presets as presets_mod
 from ..sd35wb import slg as S
 from ..sd35wb import slg_explorer as E
-from .slg import SLGGuider, _assemble, _call, _run_rows, apply_slg, mmdit_block_count
+from .slg import SLGGuider, _assemble, _call, _run_rows, apply_slg, mmdit_block_count, public_rows_wrapper
 
 VARIANT_ROWS_KEY = "sd35wb_slg_cond_or_uncond"  # the real cond indices, as the guider's fast path names them
 _REF = presets_mod.SLG_STABILITY_MEDIUM
@@ -112,7 +112,8 @@ class VariantPass:
             block = self.blocks[j] if self.blocks is not None and j < len(self.blocks) else None
             patch = _variant_patch(variants, j, prev, block)
             opts = comfy.model_patcher.set_model_options_patch_replace(opts, patch, "dit", "double_block", j)
-        opts["model_function_wrapper"] = _public_rows_wrapper(opts.get("model_function_wrapper"))
+        opts["model_function_wrapper"] = public_rows_wrapper(opts.get("model_function_wrapper"),  # variants show as 0
+                                                        lambda rows: [r if r in (0, 1) else 0 for r in rows], VARIANT_ROWS_KEY)
         return opts
 
     def __call__(self, model, x, timestep, positive, negative, model_options):
@@ -153,24 +154,6 @@ def _variant_patch(variants, j, prev, block):
     return sd35wb_slg_variants
 
 
-def _public_rows_wrapper(prev):
-    """Show the variant rows to other code as positive rows (0), the way core's separate pass tags them."""
-
-    def sd35wb_slg_variant_rows(apply_model, args):
-        rows = list(args["cond_or_uncond"])
-        public = [r if r in (0, 1) else 0 for r in rows]
-        c = dict(args["c"])
-        to = dict(c.get("transformer_options", {}))
-        to["cond_or_uncond"] = public
-        to[VARIANT_ROWS_KEY] = rows
-        c["transformer_options"] = to
-        new_args = dict(args)
-        new_args["c"], new_args["cond_or_uncond"] = c, public
-        if prev is not None:
-            return prev(apply_model, new_args)
-        return apply_model(new_args["input"], new_args["timestep"], **c)
-
-    return sd35wb_slg_variant_rows
 
 
 # ---------------------------------------------------------------------------------------------

@@ -81,3 +81,18 @@ def bootstrap(cpu: bool = True) -> dict[str, str]:
 
     comfy.cli_args.args.cpu = cpu
     return env
+
+
+def load_pack(module: str):
+    """Import the pack as a package (its node modules use relative imports) and return one of its
+    modules, e.g. ``load_pack("nodes.slg")``; for bench scripts, after :func:`bootstrap`."""
+    import importlib
+    import importlib.util
+
+    if "sd35wb_pack" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("sd35wb_pack", REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["sd35wb_pack"] = mod
+        spec.loader.exec_module(mod)
+    return importlib.import_module(f"sd35wb_pack.{module}")

@@ -12,3 +12,29 @@ def training_roots_env(tmp_path_factory):
     mp.setenv("SD35WB_TRAINING_ROOTS", str(tmp_path_factory.getbasetemp()))
     yield tmp_path_factory.getbasetemp()
     mp.undo()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors on a shared 2-core machine: one intra-op thread is 10x faster than two fighting."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def sd35m(host):
+    """SD3.5-Medium-structured (24 joint blocks, attn2 on 0-12, RMS qk-norm) at width 64."""
+    from tools.tiny_models import sd3_model_patcher
+
+    return sd3_model_patcher(num_blocks=24, depth=1)
+
+
+@pytest.fixture(scope="module")
+def conds(host):
+    from testnodes import make_conditioning
+
+    return make_conditioning("sd3", 1), make_conditioning("sd3", 2)

@@ -19,26 +19,7 @@ TOL = 1e-5
 STEPS = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def sd35m(host):
-    from tools.tiny_models import sd3_model_patcher
-
-    return sd3_model_patcher(num_blocks=24, depth=1)
-
-
-@pytest.fixture(scope="module")
-def conds(host):
-    from testnodes import make_conditioning
-
-    return make_conditioning("sd3", 1), make_conditioning("sd3", 2)
+pytestmark = pytest.mark.usefixtures("one_thread")  # sd35m and conds: tests/host/conftest.py
 
 
 def mod(host):
