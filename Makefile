@@ -16,7 +16,8 @@ setup:
 lint: setup
 	@$(HOSTPY) -m ruff check .
 
-test: setup
+test: setup  # plus ComfyUI-Manager + comfy-cli in their own cached venv, for the install tests (not needed by demo)
+	@bash scripts/install_tools.sh
 	@HOST="$(HOST)" FRONTEND="$(FRONTEND)" bash scripts/test.sh $(PYTEST_ARGS)
 
 unit:  # no host needed: the unit tier imports no ComfyUI

@@ -2,7 +2,7 @@
 # The install tools users install with, for the tests that install the pack their way:
 # ComfyUI-Manager (cm-cli) and comfy-cli (`comfy node validate` / `comfy node pack`).
 #
-#   bash scripts/install_tools.sh      # called by scripts/setup.sh; idempotent, seconds when cached
+#   bash scripts/install_tools.sh      # called by `make test` (not by `make demo`); idempotent, seconds when cached
 #
 # They live in their own venv in the per-user cache, keyed by their pins, never in a host's venv,
 # and are linked as .install-tools/. The Manager test runs cm-cli under the host's python with this

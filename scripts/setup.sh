@@ -397,8 +397,6 @@ main() {
     setup_host "$choice"
   done
   for choice in "${FRONTENDS[@]}"; do setup_frontend "$choice"; done
-  # ComfyUI-Manager + comfy-cli in their own cached venv (.install-tools/), for the install tests.
-  bash "$REPO/scripts/install_tools.sh"
   ensure_chromium
 }
 

@@ -22,7 +22,7 @@ TOOLS = REPO / ".install-tools"
 @pytest.fixture(scope="module")
 def tools() -> Path:
     if not (TOOLS / "bin" / "comfy").exists() or not (TOOLS / "bin" / "cm-cli").exists():
-        msg = "no .install-tools/ (ComfyUI-Manager + comfy-cli): run scripts/setup.sh"
+        msg = "no .install-tools/ (ComfyUI-Manager + comfy-cli): run `bash scripts/install_tools.sh` (make test does)"
         if os.environ.get("CI") == "true":
             pytest.fail(msg)
         pytest.skip(msg)
