@@ -103,9 +103,15 @@ def clip(host, user_models):
 def test_grid_of_checkpoints_x_prompts_x_seeds_with_every_batch_image(host, run_models, clip):
     prompts = ["a red fox sitting in fresh snow at dawn", "a lighthouse on a cliff at night"]
     listed = "\n".join(reversed(run_models))  # numeric order is restored
+    mm.cleanup_models_gc()
+    before = {id(lm.model) for lm in mm.current_loaded_models}  # earlier tests' models may still be loaded
     with Sampling() as s:
         images, pages, labels = call(host.nodes, "SD35WB_CheckpointSweep", models=listed, prompts="\n".join(prompts),
                                      clip=clip, seed=5, seed_count=2, validation_images=True, **_base(host, batch=2))
+    # The sweep left none of its models loaded.
+    mm.cleanup_models_gc()
+    assert [lm for lm in mm.current_loaded_models if lm.model is not None and id(lm.model) not in before
+            and type(lm.model.model).__name__ == "SD3"] == []
     assert labels.splitlines() == ["checkpoint-50", "checkpoint-100", "checkpoint-200"]
     # checkpoint-50 is no model: skipped before any work; the two others x 2 prompts x 2 seeds x batch 2.
     assert images.shape == (2 * 2 * 2 * 2, PX, PX, 3)
@@ -133,10 +139,6 @@ def test_grid_of_checkpoints_x_prompts_x_seeds_with_every_batch_image(host, run_
     assert tuple(v100) == (255, 0, 0), "SimpleTuner's own image beside its row"
     assert (page[head_h + 2 * PX:, label_w + 8 * PX:] == grid.BACKGROUND).all(), "step 200 has none"
     assert (page[head_h:head_h + PX, label_w:label_w + PX] != grid.BACKGROUND).any(), "checkpoint-50 says why"
-    # The sweep left none of its models loaded.
-    mm.cleanup_models_gc()
-    assert sum(1 for lm in mm.current_loaded_models if lm.model is not None
-               and type(lm.model.model).__name__ == "SD3") == 0
 
 
 def test_interrupted_sweep_resumes_without_rendering_twice(host, run_models):
