@@ -110,10 +110,14 @@ def model_roots(root: Path, user: Path) -> dict[str, list[Path]]:
 
 
 @pytest.fixture(scope="session")
-def host(tiny_models, user_models):
+def host(tiny_models, user_models, tmp_path_factory):
     """ComfyUI in this process, CPU only, with core nodes, our pack and the test nodes loaded."""
     import folder_paths
 
+    # A temp folder of the session's own, as the server's base directory has: the host tree (maybe a
+    # user's ComfyUI) stays untouched, and nothing cached there by an earlier run (the sweep's
+    # render cache) warms this one.
+    folder_paths.set_temp_directory(str(tmp_path_factory.mktemp("host-temp")))
     for folder, paths in model_roots(tiny_models, user_models).items():
         for p in paths:
             folder_paths.add_model_folder_path(folder, str(p), is_default=True)

@@ -25,6 +25,16 @@ PX = 64
 
 
 @pytest.fixture(scope="module", autouse=True)
+def cold_render_cache(host, tmp_path_factory):
+    """The sweep's render cache starts empty in this module, as on a user's first sweep."""
+    fp = host.folder_paths
+    saved = fp.get_temp_directory()
+    fp.set_temp_directory(str(tmp_path_factory.mktemp("sweep-temp")))
+    yield
+    fp.set_temp_directory(saved)
+
+
+@pytest.fixture(scope="module", autouse=True)
 def link_into_user_models(host, user_models):
     """As in test_simpletuner: the session's user folder is the host's default model folder here."""
     fp = host.folder_paths
