@@ -85,10 +85,18 @@ def test_a_missing_model_tells_the_user_every_folder_searched(page, server, user
     text = path.read_text()
     page.evaluate(DROP_JS, [text, path.name])
     page.wait_for_function("(n) => window.app.graph._nodes.length === n", arg=len(json.loads(text)["nodes"]), timeout=20_000)
-    page.watch.expect(r"^error dialog: .*sd3\.5_large\.safetensors is not in")  # provoked: the run must fail
+    page.watch.expect(r"^error (dialog|toast): .*sd3\.5_large\.safetensors is not in")  # provoked: the run must fail
     page.evaluate("() => window.app.queuePrompt(0)")
+    page.wait_for_function("() => document.querySelector('.comfy-error-report') || "
+                           "document.body.innerText.includes('SD3.5 Loader failed')", timeout=120_000)
     report = page.locator(".comfy-error-report")
-    report.wait_for(timeout=120_000)
-    shown = report.inner_text()
+    if report.count():  # frontend 1.32 (ComfyUI 0.3.75): the error-report dialog holds the message
+        shown = report.inner_text()
+    else:
+        # Newer frontends (1.49, 1.58) flag the node ("SD3.5 Loader failed") and keep the message of the
+        # execution error they received for their error panel: read that same message from the host.
+        errors = [m[1]["exception_message"] for e in server.get_json("/history").values()
+                  for m in e.get("status", {}).get("messages", []) if m[0] == "execution_error"]
+        shown = next((m for m in reversed(errors) if "sd3.5_large.safetensors" in m), "\n".join(errors))
     assert "sd3.5_large.safetensors is not in models/checkpoints (" in shown, shown
     assert "models/diffusion_models (" in shown and str(user_models / "diffusion_models") in shown, shown
