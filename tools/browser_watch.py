@@ -26,11 +26,15 @@ TOAST_WATCH_JS = """
   const found = [];
   window.__sd35wbToasts = found;
   const scan = () => {
-    // warn/error toasts, and the dialog the frontend opens when a run fails (ErrorDialogContent)
-    for (const el of document.querySelectorAll('.p-toast-message-warn, .p-toast-message-error, .comfy-error-report')) {
+    // warn/error toasts (PrimeVue up to frontend 1.4x; Reka toasts with data-toast-kind in 1.5x), and the
+    // dialog the frontend opens when a run fails (ErrorDialogContent)
+    const sel = '.p-toast-message-warn, .p-toast-message-error, .comfy-error-report, ' +
+                'li[data-toast-kind="warn"], li[data-toast-kind="warning"], li[data-toast-kind="error"]';
+    for (const el of document.querySelectorAll(sel)) {
       let rec = found.find(r => r.el === el);
       if (!rec) {
-        const kind = el.matches('.comfy-error-report') ? 'error dialog' : el.matches('.p-toast-message-error') ? 'error toast' : 'warn toast';
+        const error = el.matches('.p-toast-message-error, li[data-toast-kind="error"]');
+        const kind = el.matches('.comfy-error-report') ? 'error dialog' : error ? 'error toast' : 'warn toast';
         rec = {el, kind, text: ''};
         found.push(rec);
       }
