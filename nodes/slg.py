@@ -119,6 +119,16 @@ def _call(prev, args, extra, block=None):
     return extra["original_block"](args)
 
 
+def _assembled(out, args, img, sources, rows_per_chunk):
+    """The block's result with img (and txt, when the block returns one) rebuilt row by row from
+    ``sources``: computed rows from ``out``, untouched ones from the block's input."""
+    res = dict(out)
+    res["img"] = _assemble(sources, {"out": out["img"], "in": img}, rows_per_chunk)
+    txt_out = out.get("txt")
+    res["txt"] = None if txt_out is None else _assemble(sources, {"out": txt_out, "in": args["txt"]}, rows_per_chunk)
+    return res
+
+
 def _run_rows(prev, args, extra, run, n_chunks, rows_per_chunk, block=None):
     """Run the block (or the patch another pack set on it) on the chunks in ``run`` only."""
     if len(run) == n_chunks:
@@ -249,11 +259,7 @@ class SLGGuider(comfy.samplers.CFGGuider):
                     sources.append(("out", at[shared[c]]))
                 else:  # not needed yet: carried along untouched, overwritten at the last prefix block
                     sources.append(("in", c))
-            res = dict(out)
-            res["img"] = _assemble(sources, {"out": out["img"], "in": img}, rows)
-            txt_out = out.get("txt")
-            res["txt"] = None if txt_out is None else _assemble(sources, {"out": txt_out, "in": args["txt"]}, rows)
-            return res
+            return _assembled(out, args, img, sources, rows)
 
         return sd35wb_slg_prefix
 
@@ -274,11 +280,7 @@ class SLGGuider(comfy.samplers.CFGGuider):
             out = _run_rows(prev, args, extra, run, n, rows, block)
             at = {c: k for k, c in enumerate(run)}
             sources = [("out", at[c]) if c in at else ("in", c) for c in range(n)]
-            res = dict(out)
-            res["img"] = _assemble(sources, {"out": out["img"], "in": img}, rows)
-            txt_out = out.get("txt")
-            res["txt"] = None if txt_out is None else _assemble(sources, {"out": txt_out, "in": args["txt"]}, rows)
-            return res
+            return _assembled(out, args, img, sources, rows)
 
         return sd35wb_slg_skip
 

@@ -40,7 +40,7 @@ from ..sd35wb import grid as G
 from ..sd35wb import presets as presets_mod
 from ..sd35wb import slg as S
 from ..sd35wb import slg_explorer as E
-from .slg import SLGGuider, _assemble, _call, _run_rows, apply_slg, mmdit_block_count, public_rows_wrapper
+from .slg import SLGGuider, _assembled, _call, _run_rows, apply_slg, mmdit_block_count, public_rows_wrapper
 
 VARIANT_ROWS_KEY = "sd35wb_slg_cond_or_uncond"  # the real cond indices, as the guider's fast path names them
 _REF = presets_mod.SLG_STABILITY_MEDIUM
@@ -145,15 +145,9 @@ def _variant_patch(variants, j, prev, block):
             return args
         rows = img.shape[0] // n
         out = _run_rows(prev, args, extra, run, n, rows, block)
-        res = dict(out)
-        res["img"] = _assemble(sources, {"out": out["img"], "in": img}, rows)
-        txt_out = out.get("txt")
-        res["txt"] = None if txt_out is None else _assemble(sources, {"out": txt_out, "in": args["txt"]}, rows)
-        return res
+        return _assembled(out, args, img, sources, rows)
 
     return sd35wb_slg_variants
-
-
 
 
 # ---------------------------------------------------------------------------------------------
