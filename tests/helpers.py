@@ -25,3 +25,13 @@ def sd3_txt2img(seed: int = 7, prefix: str = "api_sd3") -> dict:
         "7": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["6", 0]}},
         "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": prefix}},
     }
+
+
+def run_custom(host, model, guider, lat, steps, seed=5, sampler="euler", scheduler="simple"):
+    """Sample with a GUIDER as SamplerCustomAdvanced does (RandomNoise, KSamplerSelect, BasicScheduler)."""
+    (noise,) = call(host.nodes, "RandomNoise", noise_seed=seed)
+    (smp,) = call(host.nodes, "KSamplerSelect", sampler_name=sampler)
+    (sigmas,) = call(host.nodes, "BasicScheduler", model=model, scheduler=scheduler, steps=steps, denoise=1.0)
+    out, _ = call(host.nodes, "SamplerCustomAdvanced", noise=noise, guider=guider, sampler=smp, sigmas=sigmas,
+                  latent_image=lat)
+    return out["samples"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import call
+from helpers import call, run_custom
 
 TOL = 1e-5
 STEPS = 6
@@ -24,12 +24,7 @@ def latent(host, batch=1, size=64):
 
 
 def run_guider(host, model, guider, lat, seed=5, steps=STEPS, sampler="euler", scheduler="simple"):
-    (noise,) = call(host.nodes, "RandomNoise", noise_seed=seed)
-    (smp,) = call(host.nodes, "KSamplerSelect", sampler_name=sampler)
-    (sigmas,) = call(host.nodes, "BasicScheduler", model=model, scheduler=scheduler, steps=steps, denoise=1.0)
-    out, _ = call(host.nodes, "SamplerCustomAdvanced", noise=noise, guider=guider, sampler=smp, sigmas=sigmas,
-                  latent_image=lat)
-    return out["samples"]
+    return run_custom(host, model, guider, lat, steps, seed, sampler, scheduler)
 
 
 def core_slg(host, model, conds, lat, layers="7, 8, 9", scale=3.0, start=0.1, end=0.6, cfg=4.0, **kw):

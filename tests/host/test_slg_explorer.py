@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import call
+from helpers import call, run_custom
 
 TOL = 1e-5
 STEPS = 6
@@ -212,13 +212,6 @@ def test_sensitivity_map_numbers_match_separate_passes(host, sd35m, conds):
 # The explorer
 
 
-def run_custom(host, model, guider, lat, steps, seed=5, sampler="euler", scheduler="simple"):
-    (noise,) = call(host.nodes, "RandomNoise", noise_seed=seed)
-    (smp,) = call(host.nodes, "KSamplerSelect", sampler_name=sampler)
-    (sigmas,) = call(host.nodes, "BasicScheduler", model=model, scheduler=scheduler, steps=steps, denoise=1.0)
-    out, _ = call(host.nodes, "SamplerCustomAdvanced", noise=noise, guider=guider, sampler=smp, sigmas=sigmas,
-                  latent_image=lat)
-    return out["samples"]
 
 
 @pytest.mark.parametrize("gating, start, end, sampler", [("steps", 0.25, 0.6, "euler"), ("sigma", 0.2, 0.7, "dpmpp_2m"),
