@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 
 def call(nodes_module, node_id: str, **inputs):
     """Run one node's function with these inputs and return its outputs as a tuple."""
@@ -35,3 +37,33 @@ def run_custom(host, model, guider, lat, steps, seed=5, sampler="euler", schedul
     out, _ = call(host.nodes, "SamplerCustomAdvanced", noise=noise, guider=guider, sampler=smp, sigmas=sigmas,
                   latent_image=lat)
     return out["samples"]
+
+
+@contextlib.contextmanager
+def progress_events(on_event=None):
+    """Record every progress update the nodes send, as (value, total), into the yielded list.
+
+    Newer hosts (0.33.0) throttle updates to 100 ms / 0.5 % (comfy.utils.PROGRESS_THROTTLE_*) on
+    their way to the UI; a test that counts steps must see each one, so the throttle is off while
+    recording. on_event(value, total) runs on each update (to press Cancel at a given step)."""
+    import comfy.utils
+
+    events: list[tuple[int, int]] = []
+
+    def hook(value, total, preview=None, node_id=None):
+        events.append((value, total))
+        if on_event is not None:
+            on_event(value, total)
+
+    throttle = {k: getattr(comfy.utils, k) for k in ("PROGRESS_THROTTLE_MIN_INTERVAL", "PROGRESS_THROTTLE_MIN_PERCENT")
+                if hasattr(comfy.utils, k)}
+    saved = comfy.utils.PROGRESS_BAR_HOOK
+    for k in throttle:
+        setattr(comfy.utils, k, 0)
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        yield events
+    finally:
+        comfy.utils.set_progress_bar_global_hook(saved)
+        for k, v in throttle.items():
+            setattr(comfy.utils, k, v)

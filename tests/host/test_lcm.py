@@ -9,7 +9,7 @@ import logging
 
 import pytest
 import torch
-from helpers import call
+from helpers import call, progress_events
 from lcm_helpers import populate_hf_cache, write_loras
 from testnodes import make_conditioning
 
@@ -250,20 +250,13 @@ def test_auto_uses_the_hf_cache_offline(host, loras, sd15, monkeypatch, tmp_path
 
 
 def test_step_sweep_renders_each_count_like_the_sampler(host, loras, sd15):
-    import comfy.utils
-
     (vae,) = call(host.nodes, "VAELoader", vae_name="taesd")
     pos, neg = _conds("sd15")
     lat = _latent(host)
     name = loras[("sd15", "diffusers", "lcm")]
-    seen = []
-    old = comfy.utils.PROGRESS_BAR_HOOK
-    comfy.utils.set_progress_bar_global_hook(lambda v, t, preview=None, node_id=None: seen.append((v, t)))
-    try:
+    with progress_events() as seen:
         images, grid = call(host.nodes, "SD35WB_LCMStepSweep", model=sd15, vae=vae, lcm_lora=name, strength=1.0,
                             positive=pos, negative=neg, latent_image=lat, seed=4, max_steps=3, cfg=1.0)
-    finally:
-        comfy.utils.set_progress_bar_global_hook(old)
     assert images.shape == (3, 64, 64, 3)
     sweep_totals = [v for v, t in seen if t == 6]
     assert sweep_totals[-1] == 6 and sweep_totals == sorted(sweep_totals), "one bar across 1+2+3 steps"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import call
+from helpers import call, progress_events
 from sd35_helpers import clip_keys, t5_keys, write
 
 from sd35wb import presets
@@ -370,7 +370,6 @@ def test_fetch_missing_downloads_with_comfys_progress_bar(host, files, tmp_path,
     """A real huggingface_hub download from a fake hub on 127.0.0.1, shown in ComfyUI's progress bar."""
     import socket
 
-    import comfy.utils
     from huggingface_hub import constants
     from sd35_helpers import FakeHub
 
@@ -386,18 +385,15 @@ def test_fetch_missing_downloads_with_comfys_progress_bar(host, files, tmp_path,
     real = socket.getaddrinfo
     monkeypatch.setattr(socket, "getaddrinfo", lambda h, *a, **k: real(h, *a, **k) if h in ("127.0.0.1", "localhost")
                         else (_ for _ in ()).throw(OSError(f"test tried to reach {h}")))
-    seen = []
-    old_hook = comfy.utils.PROGRESS_BAR_HOOK
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
     dest = files / "text_encoders" / "clip_l.safetensors"
     try:
-        _, clip, _, _ = load(host, clip_l="clip_l.safetensors", variant="medium", fetch_missing=True)
+        with progress_events() as seen:
+            _, clip, _, _ = load(host, clip_l="clip_l.safetensors", variant="medium", fetch_missing=True)
         assert dest.exists() and dest.read_bytes()[:64] == sd35_fixtures.clip_l_file().read_bytes()[:64]
         assert seen and seen[-1] == (1000, 1000) and len({v for v, _ in seen}) > 1
         assert fake.auth[0] == "Bearer hf_test_token"
         assert clip is not None
     finally:
-        comfy.utils.set_progress_bar_global_hook(old_hook)
         fake.close()
         if dest.is_symlink() or dest.exists():
             dest.unlink()  # made by this test only

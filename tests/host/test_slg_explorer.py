@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import call, run_custom
+from helpers import call, progress_events, run_custom
 
 TOL = 1e-5
 STEPS = 6
@@ -244,20 +244,13 @@ def test_explorer_equals_separate_runs(host, sd35m, conds, gating, start, end, s
 
 
 def test_explorer_with_scale_zero_renders_the_baseline_for_every_candidate(host, sd35m, conds):
-    import comfy.utils
-
     (vae,) = call(host.nodes, "VAELoader", vae_name="taesd3")
     lat = latent(host, batch=2)
-    progress = []
-    previous = comfy.utils.PROGRESS_BAR_HOOK
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: progress.append((value, total)))
-    try:
+    with progress_events() as progress:
         images, grid, latents, labels = call(
             host.nodes, "SD35WB_SLGLayerExplorer", model=sd35m, vae=vae, positive=conds[0], negative=conds[1],
             latent_image=lat, seed=5, steps=3, cfg=4.0, sampler_name="euler", scheduler="simple", scale=0.0,
             start=0.0, end=1.0, gating="sigma", candidates="1 | 2", columns=2)
-    finally:
-        comfy.utils.set_progress_bar_global_hook(previous)
     # one progress bar for the whole run: 3 renders x 3 steps, counting up once
     assert progress == [(v, 9) for v in range(1, 10)]
     assert images.shape[0] == 6 and labels.splitlines()[:2] == ["baseline (CFG) #0", "baseline (CFG) #1"]

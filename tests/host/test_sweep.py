@@ -6,11 +6,10 @@ an interrupt without rendering anything twice."""
 from __future__ import annotations
 
 import comfy.model_management as mm
-import comfy.utils
 import numpy as np
 import pytest
 import torch
-from helpers import call
+from helpers import call, progress_events
 from PIL import Image
 from testnodes import make_conditioning
 
@@ -74,20 +73,19 @@ class Sampling:
     """Counts the sampler's steps (the progress hook) and can interrupt the sweep after n images."""
 
     def __init__(self, steps=2, stop_after=None):
-        self.steps, self.stop_after, self.events = steps, stop_after, []
+        self.steps, self.stop_after = steps, stop_after
+        self._rec = progress_events(self.on_event)
 
     def __enter__(self):
-        self.saved = comfy.utils.PROGRESS_BAR_HOOK
-        comfy.utils.set_progress_bar_global_hook(self.hook)
+        self.events = self._rec.__enter__()
         return self
 
-    def hook(self, value, total, preview, node_id=None):
-        self.events.append((value, total))
+    def on_event(self, value, total):
         if self.stop_after is not None and value >= self.stop_after * self.steps:
             mm.interrupt_current_processing(True)  # as the Cancel button does; the node stops before the next image
 
     def __exit__(self, *exc):
-        comfy.utils.set_progress_bar_global_hook(self.saved)
+        self._rec.__exit__(*exc)
         mm.interrupt_current_processing(False)
 
 
