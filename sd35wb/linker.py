@@ -189,9 +189,19 @@ def _files_of(art: simpletuner.Artifact) -> list[Path]:
     return [art.source, *shards.shard_files(art.source)] if art.sharded else [art.source]
 
 
-def _outside_roots(art: simpletuner.Artifact, roots: list[Path]) -> str | None:
-    """Why ``art`` may not be linked (a file that resolves outside every root), or None."""
-    for f in _files_of(art):
+_GONE = "gone while this sync ran (checkpoint rotated away?); the next sync sees the run as it is now"
+
+
+def _refusal(art: simpletuner.Artifact, roots: list[Path]) -> str | None:
+    """Why ``art`` may not be linked (a file that resolves outside every root, or one gone since
+    the scan), or None."""
+    try:
+        files = _files_of(art)
+    except (OSError, shards.SafetensorsError) as e:  # SimpleTuner rotated it away while we scanned
+        return _GONE if not art.source.exists() else f"not linked: {e}"
+    if not all(f.exists() for f in files):
+        return _GONE
+    for f in files:
         real = Path(os.path.realpath(f))
         if not any(real == r or real.is_relative_to(r) for r in roots):
             return (f"refused: {f} resolves to {real}, outside the training roots ({ROOTS_ENV}); "
@@ -392,6 +402,8 @@ def _make(art: simpletuner.Artifact, tmp: Path, copy: bool) -> tuple[str, dict, 
         sig = _src_sig(src)
         shutil.copyfile(src, tmp)
         return "copy", {"sig": sig}, tmp.stat().st_size
+    if not src.exists():  # rotated away since the scan: a link to nothing would show in the lists
+        raise _CannotLink(_GONE)
     target = str(src.resolve())
     try:
         os.symlink(target, tmp)
@@ -453,7 +465,7 @@ def sync(output_dir: str | os.PathLike, run: str | None, dest: Destinations | di
     report.skipped += [(str(s.path), s.reason) for s in scan.skipped]
     refused = {}
     for a in scan.artifacts:
-        why = _outside_roots(a, root_list)
+        why = _refusal(a, root_list)
         if why:
             refused[(a.folder, a.name)] = why
     for folder in (simpletuner.DIFFUSION_MODELS, simpletuner.LORAS):

@@ -164,10 +164,23 @@ def scan(output_dir: str | os.PathLike, run: str | None = None) -> Scan:
                                               "(SimpleTuner writes them last)"))
                 continue
         base = f"checkpoint-{step}{variant}"
-        _scan_checkpoint(result, folder, base, step)
-    _scan_final(result, out, run or out.name)
+        _scan_racing(result, folder, _scan_checkpoint, result, folder, base, step)
+    _scan_racing(result, out / "pipeline", _scan_final, result, out, run or out.name)
     result.artifacts.sort(key=lambda a: (a.folder, a.sort_key))
     return result
+
+
+def _scan_racing(result: Scan, folder: Path, scan_one, *args) -> None:
+    """Scan one checkpoint (or the final model) while SimpleTuner may delete or rewrite it: a folder
+    that changes under the scan is skipped as a whole, never half-read and never an error."""
+    n_art, n_skip = len(result.artifacts), len(result.skipped)
+    try:
+        scan_one(*args)
+    except FileNotFoundError:
+        del result.artifacts[n_art:], result.skipped[n_skip:]
+        why = "changed while it was scanned (SimpleTuner saving it again?)" if folder.exists() else \
+            "gone while it was scanned (checkpoint rotated away)"
+        result.skipped.append(Skipped(folder, f"{why}; the next sync sees it as it is then"))
 
 
 def _scan_checkpoint(result: Scan, folder: Path, base: str, step: int) -> None:

@@ -136,6 +136,62 @@ def test_a_killed_sync_never_blocks_the_next(root, models):
     assert len(report.linked) == 11 and time.monotonic() - t0 < 30
 
 
+@pytest.mark.parametrize("ema", ["sharded", "single"])
+def test_a_checkpoint_rotated_away_between_scan_and_link_is_skipped_not_an_error(root, models, monkeypatch, ema):
+    """SimpleTuner deletes a checkpoint while a sync runs: right after the scan saw it (the moment
+    that failed a route sync with 'cannot read the shard index' in CI), the rest still links."""
+    out = root / RUN
+    fake_checkpoint(out, 100, ema=ema)
+    fake_checkpoint(out, 200, ema=ema)
+    dest = linker.models_dir_destinations(models)
+    first = linker.sync(out, RUN, dest)
+    assert len(first.linked) == 4
+    real_scan = simpletuner.scan
+
+    def scan_then_rotate(*a, **k):
+        seen = real_scan(*a, **k)
+        shutil.rmtree(out / "checkpoint-100")
+        fake_checkpoint(out, 300, ema=ema)
+        return seen
+
+    monkeypatch.setattr(simpletuner, "scan", scan_then_rotate)
+    report = linker.sync(out, RUN, dest)
+    monkeypatch.setattr(simpletuner, "scan", real_scan)
+    gone = {n for n, why in report.skipped if "gone while this sync ran" in why}
+    assert gone == {f"{RUN}/checkpoint-100.safetensors", f"{RUN}/checkpoint-100-ema.safetensors"}
+    assert sorted(n for n, _ in report.pruned) == [f"{RUN}/checkpoint-100-ema.safetensors",
+                                                   f"{RUN}/checkpoint-100.safetensors"]
+    assert report.exposed["diffusion_models"] == [f"{RUN}/checkpoint-200.safetensors",
+                                                  f"{RUN}/checkpoint-200-ema.safetensors"]
+    dm, lo = run_dirs(models)
+    assert assert_manifest_equals_disk(dm, lo) == 2
+    again = linker.sync(out, RUN, dest)  # the next sync sees checkpoint-300
+    assert sorted(n for n, _ in again.linked) == [f"{RUN}/checkpoint-300-ema.safetensors",
+                                                  f"{RUN}/checkpoint-300.safetensors"]
+
+
+def test_a_checkpoint_rotated_away_while_the_scan_reads_it_is_skipped_whole(root, models, monkeypatch):
+    """Deleted between reading its transformer/ and its transformer_ema/: neither half is linked."""
+    out = root / RUN
+    fake_checkpoint(out, 100, ema="sharded")
+    fake_checkpoint(out, 200, ema="sharded")
+    real = simpletuner._weights_in
+
+    def rotate_midway(folder):
+        if folder.parent.name == "checkpoint-100" and folder.name == "transformer_ema":
+            shutil.rmtree(folder.parent)
+            os.scandir(folder)  # what the glob inside does when the folder goes between its is_dir and its listing
+        return real(folder)
+
+    monkeypatch.setattr(simpletuner, "_weights_in", rotate_midway)
+    report = linker.sync(out, RUN, linker.models_dir_destinations(models))
+    assert report.exposed["diffusion_models"] == [f"{RUN}/checkpoint-200.safetensors",
+                                                  f"{RUN}/checkpoint-200-ema.safetensors"]
+    assert any(n.endswith("checkpoint-100") and "gone while it was scanned" in why for n, why in report.skipped), \
+        report.skipped
+    assert assert_manifest_equals_disk(*run_dirs(models)) == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # Fault injection: an exception and a kill -9 at every step, then a resync
 
