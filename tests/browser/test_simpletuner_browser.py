@@ -3,6 +3,8 @@ loaders' model lists show the new checkpoints without reloading the page."""
 
 from __future__ import annotations
 
+from browser.ui_ready import widget_point
+
 from tools import simpletuner_fixtures as stf
 
 ROUTE = "/sd35wb/simpletuner/sync"
@@ -33,20 +35,21 @@ def test_sync_now_button_links_and_refreshes_model_lists(page, server, training_
     }""")
     assert "browser-run/checkpoint-500.safetensors" not in before
     # Click the button where the canvas draws it, as a user would.
-    page.wait_for_function("""() => {
-        const w = window.__st.link.widgets.find(w => w.type === "button");
-        return w && Number.isFinite(w.last_y ?? w.y);
-    }""", timeout=30_000)  # drawn at least once, so the widget knows where it is
-    x, y = page.evaluate("""() => {
-        const {link} = window.__st;
-        const w = link.widgets.find(w => w.type === "button" && w.name === "Sync now");
-        const wy = (w.last_y ?? w.y) + 10;
-        const [cx, cy] = window.app.canvas.ds.convertOffsetToCanvas([link.pos[0] + link.size[0] / 2, link.pos[1] + wy]);
-        const r = window.app.canvas.canvas.getBoundingClientRect();
-        return [r.left + cx, r.top + cy];
-    }""")
-    page.mouse.click(x, y)
-    page.wait_for_function("() => window.__st.link.sd35wbLastSync !== undefined", timeout=30_000)
+    x, y = widget_point(page, "window.__st.link", "Sync now")
+    # Point, then press: litegraph turns a press into a drag when a pointer move comes in more than
+    # 150 ms after the press (CanvasPointer.bufferTime), which a loaded machine can do with the move
+    # that arrives with the press; a user's pointer has long arrived when they press.
+    page.mouse.move(x, y)
+    page.wait_for_timeout(300)
+    assert widget_point(page, "window.__st.link", "Sync now") == (x, y), "the button moved while the pointer came"
+    page.mouse.down()
+    page.mouse.up()
+    try:
+        page.wait_for_function("() => window.__st.link.sd35wbLastSync !== undefined", timeout=60_000)
+    except Exception as e:  # say what the click met, for the next reader of a CI log
+        there = page.evaluate("([x, y]) => { const el = document.elementFromPoint(x, y); "
+                              "return el && (el.tagName + '.' + el.className); }", [x, y])
+        raise AssertionError(f"the click at ({x:.0f}, {y:.0f}) on {there} did not sync; requests: {calls}") from e
     result = page.evaluate("() => window.__st.link.sd35wbLastSync")
     assert result["ok"], result
     assert [c[0] for c in calls] == ["POST"] and '"output_dir":"browser-run"' in calls[0][2]

@@ -31,18 +31,70 @@ _NOT_READY = """() => {
     return "";
 }"""
 
+# Where the page's furniture and the canvas are: a banner that mounts late (frontend 1.32's "Nodes 2.0"
+# one) shifts them, and a click aimed before the shift lands beside its target.
+_LAYOUT = """() => {
+    const c = window.app.canvas.canvas.getBoundingClientRect();
+    const ds = window.app.canvas.ds;
+    return JSON.stringify([c.left, c.top, c.width, c.height, ds.offset[0], ds.offset[1], ds.scale]);
+}"""
+
 
 def wait_until_interactive(page, timeout: float = 90.0, poll: float = 0.1) -> None:
     """Block until the page takes clicks as a user's; raise naming what is still in the way."""
     deadline = time.monotonic() + timeout
-    ready_polls, reason = 0, "not checked"
+    ready_polls, reason, layout = 0, "not checked", None
     while time.monotonic() < deadline:
         try:
             reason = page.evaluate(_NOT_READY)
+            now = page.evaluate(_LAYOUT) if not reason else None
         except Exception as e:  # the page is still navigating: its context was replaced
-            reason = f"page not scriptable yet: {e}"
+            reason, now = f"page not scriptable yet: {e}", None
+        if not reason and now != layout:
+            reason = "the layout is still moving"
+        layout = now
         ready_polls = ready_polls + 1 if not reason else 0
-        if ready_polls >= 2:
+        if ready_polls >= 3:
             return
         time.sleep(poll)
     raise TimeoutError(f"the ComfyUI page was not interactive within {timeout:.0f}s: {reason}")
+
+
+# The screen point of a canvas-drawn widget of node ``window.__target``, and what lies there.
+_WIDGET_POINT = """(name) => {
+    const node = window.__target, canvas = window.app.canvas;
+    canvas.draw(true, true);  // widgets learn their place when drawn; before that y reads 0 on newer litegraph
+    const w = node.widgets.find(w => w.name === name);
+    const wy = w && (w.last_y ?? w.y);
+    if (!(wy > 0)) return {why: "the widget has not been drawn yet"};
+    const h = w.computeSize?.(node.size[0])?.[1] ?? window.LiteGraph.NODE_WIDGET_HEIGHT;
+    const gx = node.pos[0] + node.size[0] / 2, gy = node.pos[1] + wy + h / 2;
+    const [cx, cy] = canvas.ds.convertOffsetToCanvas([gx, gy]);
+    const r = canvas.canvas.getBoundingClientRect();
+    const x = r.left + cx, y = r.top + cy;
+    const el = document.elementFromPoint(x, y);
+    if (el !== canvas.canvas) return {why: "covered by " + (el ? el.tagName + "." + el.className : "nothing"), x, y};
+    const hit = canvas.graph.getNodeOnPos(gx, gy);
+    if (hit !== node) return {why: "another node lies there: " + (hit?.type ?? "none"), x, y};
+    const on = node.getWidgetOnPos?.(gx, gy, true);
+    if (on !== undefined && on !== w) return {why: "litegraph sees another widget there: " + on?.name, x, y};
+    return {x, y, layout: (""" + _LAYOUT + """)()};
+}"""
+
+
+def widget_point(page, node_js: str, widget: str, timeout: float = 30.0) -> tuple[float, float]:
+    """Where a user would click widget ``widget`` of the node that ``node_js`` evaluates to: on the
+    canvas itself (no overlay there), on that node by litegraph's own hit test, with the layout the
+    same on two polls in a row. Raise naming what is in the way."""
+    page.evaluate(f"() => {{ window.__target = ({node_js}); }}")
+    deadline, last, where = time.monotonic() + timeout, None, {"why": "not checked"}
+    while time.monotonic() < deadline:
+        where = page.evaluate(_WIDGET_POINT, widget)
+        if "why" not in where:
+            if last == where["layout"]:
+                return where["x"], where["y"]
+            last = where["layout"]
+        else:
+            last = None
+        time.sleep(0.1)
+    raise TimeoutError(f"widget {widget!r} could not be clicked within {timeout:.0f}s: {where}")
