@@ -5,6 +5,8 @@ an interrupt without rendering anything twice."""
 
 from __future__ import annotations
 
+import contextlib
+
 import comfy.model_management as mm
 import numpy as np
 import pytest
@@ -69,23 +71,18 @@ def _base(host, batch=1):
                 sampler_name="euler", scheduler="simple", denoise=1.0, weight_dtype="default", order="numeric")
 
 
-class Sampling:
-    """Counts the sampler's steps (the progress hook) and can interrupt the sweep after n images."""
+@contextlib.contextmanager
+def sampling(stop_after=None, steps=2):
+    """Records the sampler's steps (the progress hook) and can interrupt the sweep after n images."""
 
-    def __init__(self, steps=2, stop_after=None):
-        self.steps, self.stop_after = steps, stop_after
-        self._rec = progress_events(self.on_event)
-
-    def __enter__(self):
-        self.events = self._rec.__enter__()
-        return self
-
-    def on_event(self, value, total):
-        if self.stop_after is not None and value >= self.stop_after * self.steps:
+    def on_event(value, total):
+        if stop_after is not None and value >= stop_after * steps:
             mm.interrupt_current_processing(True)  # as the Cancel button does; the node stops before the next image
 
-    def __exit__(self, *exc):
-        self._rec.__exit__(*exc)
+    try:
+        with progress_events(on_event) as events:
+            yield events
+    finally:
         mm.interrupt_current_processing(False)
 
 
@@ -113,7 +110,7 @@ def test_grid_of_checkpoints_x_prompts_x_seeds_with_every_batch_image(host, run_
     listed = "\n".join(reversed(run_models))  # numeric order is restored
     mm.cleanup_models_gc()
     before = {id(lm.model) for lm in mm.current_loaded_models}  # earlier tests' models may still be loaded
-    with Sampling() as s:
+    with sampling() as events:
         images, pages, labels = call(host.nodes, "SD35WB_CheckpointSweep", models=listed, prompts="\n".join(prompts),
                                      clip=clip, seed=5, seed_count=2, validation_images=True, **_base(host, batch=2))
     # The sweep left none of its models loaded.
@@ -123,9 +120,9 @@ def test_grid_of_checkpoints_x_prompts_x_seeds_with_every_batch_image(host, run_
     assert labels.splitlines() == ["checkpoint-50", "checkpoint-100", "checkpoint-200"]
     # checkpoint-50 is no model: skipped before any work; the two others x 2 prompts x 2 seeds x batch 2.
     assert images.shape == (2 * 2 * 2 * 2, PX, PX, 3)
-    totals = {t for _, t in s.events}
+    totals = {t for _, t in events}
     assert totals == {2 * 4 * 2}, "one progress bar over the whole sweep (8 latents x 2 steps)"
-    assert s.events[-1] == (16, 16)
+    assert events[-1] == (16, 16)
     # Every image is exactly what core CLIPTextEncode + UNETLoader + KSampler + VAEDecode render.
     (cond,) = call(host.nodes, "CLIPTextEncode", clip=clip, text=prompts[1])
     ref = _render(host, f"{RUN}/checkpoint-200.safetensors", cond, seed=6, batch=2)
@@ -152,24 +149,24 @@ def test_grid_of_checkpoints_x_prompts_x_seeds_with_every_batch_image(host, run_
 def test_interrupted_sweep_resumes_without_rendering_twice(host, run_models):
     kw = dict(models="\n".join(run_models[1:]), positive=make_conditioning("sd3", 11, PX, PX), seed=123, seed_count=2,
               **_base(host))  # 2 checkpoints x 2 seeds
-    with Sampling(stop_after=3) as s, pytest.raises(mm.InterruptProcessingException):
+    with sampling(stop_after=3) as events, pytest.raises(mm.InterruptProcessingException):
         call(host.nodes, "SD35WB_CheckpointSweep", **kw)
-    assert max(v for v, _ in s.events) == 3 * 2
-    with Sampling() as s:
+    assert max(v for v, _ in events) == 3 * 2
+    with sampling() as events:
         images, pages, _ = call(host.nodes, "SD35WB_CheckpointSweep", **kw)
-    steps_run = [v for v, _ in s.events if v % 2 == 1]  # the sampler's own step callbacks (odd values)
+    steps_run = [v for v, _ in events if v % 2 == 1]  # the sampler's own step callbacks (odd values)
     assert len(steps_run) == 1, "only the image the interrupt left undone is sampled"
     assert images.shape[0] == 4
     # The reused images equal a fresh render of the same cell.
     ref = _render(host, run_models[1], kw["positive"], seed=123)
     assert torch.allclose(images[0], ref[0].detach(), atol=1e-5)
-    with Sampling() as s:
+    with sampling() as events:
         call(host.nodes, "SD35WB_CheckpointSweep", **{**kw, "seed_count": 3})
-    assert len([v for v, _ in s.events if v % 2 == 1]) == 2, "a third seed renders only the 2 new images"
+    assert len([v for v, _ in events if v % 2 == 1]) == 2, "a third seed renders only the 2 new images"
 
 
 def test_wide_sweeps_page_and_downscale(host, run_models):
-    with Sampling():
+    with sampling():
         images, pages, _ = call(host.nodes, "SD35WB_CheckpointSweep", models=run_models[1],
                                 positive=make_conditioning("sd3", 3, PX, PX), seed=1, seed_count=3, max_tile=32,
                                 page_width=110, **_base(host))
