@@ -59,8 +59,6 @@ CUDA = ARGS.device == "cuda" or (ARGS.device == "auto" and torch.cuda.is_availab
 host.bootstrap(cpu=not CUDA)  # the host first on sys.path, before anything imports comfy
 
 
-
-
 class Measured(Exception):
     pass
 

@@ -46,8 +46,6 @@ MMAP_NOTE = (
     "See it with: bench/slg_speed.py --sizes 512 (with and without those variables).")
 
 
-
-
 def run(guider, noise, latent, sampler, sigmas, times: list) -> torch.Tensor:
     """Sample once, appending (wall s, CPU s, minor page faults) of every model evaluation (the guider's
     predict_noise, one per euler step) to ``times``: sampling setup and model loading are not counted."""

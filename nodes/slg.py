@@ -151,7 +151,6 @@ def _run_rows(prev, args, extra, run, n_chunks, rows_per_chunk, block=None):
 # The guider
 
 
-
 def public_rows_wrapper(prev, public_rows, key: str):
     """A model_function_wrapper that shows our extra rows (skip / variant) to other code as positive
     rows (0), the way core's separate pass tags them; the real tags travel in transformer_options[key].
@@ -172,6 +171,7 @@ def public_rows_wrapper(prev, public_rows, key: str):
         return apply_model(new_args["input"], new_args["timestep"], **c)
 
     return sd35wb_slg_rows
+
 
 class SLGGuider(comfy.samplers.CFGGuider):
     """CFG + Skip Layer Guidance. ``predict_noise`` is the only sampling hook overridden."""

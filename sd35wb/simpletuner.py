@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from . import names, shards
@@ -164,18 +165,18 @@ def scan(output_dir: str | os.PathLike, run: str | None = None) -> Scan:
                                               "(SimpleTuner writes them last)"))
                 continue
         base = f"checkpoint-{step}{variant}"
-        _scan_racing(result, folder, _scan_checkpoint, result, folder, base, step)
-    _scan_racing(result, out / "pipeline", _scan_final, result, out, run or out.name)
+        _scan_racing(result, folder, partial(_scan_checkpoint, result, folder, base, step))
+    _scan_racing(result, out / "pipeline", partial(_scan_final, result, out, run or out.name))
     result.artifacts.sort(key=lambda a: (a.folder, a.sort_key))
     return result
 
 
-def _scan_racing(result: Scan, folder: Path, scan_one, *args) -> None:
+def _scan_racing(result: Scan, folder: Path, scan_one) -> None:
     """Scan one checkpoint (or the final model) while SimpleTuner may delete or rewrite it: a folder
     that changes under the scan is skipped as a whole, never half-read and never an error."""
     n_art, n_skip = len(result.artifacts), len(result.skipped)
     try:
-        scan_one(*args)
+        scan_one()
     except FileNotFoundError:
         del result.artifacts[n_art:], result.skipped[n_skip:]
         why = "changed while it was scanned (SimpleTuner saving it again?)" if folder.exists() else \
