@@ -81,8 +81,9 @@ def _cli(*args, popen=False):
     cmd = [sys.executable, "-u", "-m", "sd35wb.sweep", *map(str, args)]
     # Keep the caller's PYTHONPATH: scripts/test.sh layers the test tools (websocket-client) there.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    if popen:
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if popen:  # Ctrl-C reaches it as in a terminal, even when this run was started in the background (SIG_IGN)
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
 
 
