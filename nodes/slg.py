@@ -521,21 +521,24 @@ class SLGSamplerNode(io.ComfyNode):
             raise ValueError(f"scheduler: {scheduler!r} is not a scheduler this ComfyUI knows")
         guider = build_guider(model, positive, negative, cfg, preset, layers, scale, start, end, gating, rescale,
                               implementation, settings)
-
-        ks = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
-                                     scheduler=scheduler, denoise=denoise, model_options=model.model_options)
-        sigmas = ks.sigmas
-        samples = latent_image["samples"]
-        samples = comfy.sample.fix_empty_latent_channels(model, samples)
-        noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
-        callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
-        disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
-        out_samples = guider.sample(noise, samples, comfy.samplers.sampler_object(sampler_name), sigmas,
-                                    denoise_mask=latent_image.get("noise_mask"), callback=callback,
-                                    disable_pbar=disable_pbar, seed=seed)
+        callback = latent_preview.prepare_callback(model, steps)
         out = latent_image.copy()
-        out["samples"] = out_samples.to(comfy.model_management.intermediate_device())
+        out["samples"] = sample_with_guider(guider, model, latent_image, seed, steps, sampler_name, scheduler, denoise,
+                                            callback).to(comfy.model_management.intermediate_device())
         return io.NodeOutput(out)
+
+
+def sample_with_guider(guider, model, latent_image: dict, seed: int, steps: int, sampler_name: str, scheduler: str,
+                       denoise: float, callback=None):
+    """Sample ``latent_image`` with a guider as KSampler would with its own: the same sigmas, the same
+    noise for the seed, the same progress bar (the SLG sampler and the checkpoint sweep both use it)."""
+    ks = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
+                                 scheduler=scheduler, denoise=denoise, model_options=model.model_options)
+    samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+    noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
+    return guider.sample(noise, samples, comfy.samplers.sampler_object(sampler_name), ks.sigmas,
+                         denoise_mask=latent_image.get("noise_mask"), callback=callback,
+                         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
 
 
 NODES = [SLGGuiderNode, SLGSamplerNode]
