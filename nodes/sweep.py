@@ -1,6 +1,6 @@
 """Checkpoint sweep node: checkpoints x prompts x seeds on one labelled grid, one model resident at a time.
 
-Node: SD35WB_CheckpointSweep. Plain logic: sd35wb/sweep.py (prompt lists, the plan, labels, family
+Node: SD35WB_CheckpointSweep. Plain logic: the sd35wb/sweep package (prompt lists, the plan, labels, family
 check, SimpleTuner validation images, the render cache that makes an interrupted sweep resume) and
 sd35wb/grid.py (the paged grid). The CLI twin over the HTTP API is ``python -m sd35wb.sweep``.
 """

@@ -151,8 +151,11 @@ def sweep_pages(rows, row_labels, col_labels, tile: tuple[int, int], max_width: 
     font = _font(max(10, min(20, th // 10)))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line_h = probe.textbbox((0, 0), "Ag", font=font)[3] + 4
-    label_w = min(max(tw, 64), 8 + max(int(probe.textlength(s, font=font)) for s in row_labels))
-    head_h = 2 * line_h + 4
+    row_lines = [str(s).split("\n") for s in row_labels]
+    label_w = min(max(tw, 64), 8 + max(int(probe.textlength(t, font=font)) for lines in row_lines for t in lines))
+    levels = [str(c).split("\n") for c in col_labels]
+    depth = max(2, max(len(lv) for lv in levels))
+    head_h = depth * line_h + 4
     per_row = max(1, (max_width - label_w) // tw)
     per_col = max(1, (max_height - head_h) // th)
     pages = []
@@ -161,13 +164,11 @@ def sweep_pages(rows, row_labels, col_labels, tile: tuple[int, int], max_width: 
             rs, cs = range(r0, min(r0 + per_col, len(rows))), range(c0, min(c0 + per_row, len(col_labels)))
             page = Image.new("RGB", (label_w + len(cs) * tw, head_h + len(rs) * th), BACKGROUND)
             draw = ImageDraw.Draw(page)
-            for j, c in enumerate(cs):
-                x = label_w + j * tw
-                for k, line in enumerate(str(col_labels[c]).split("\n")[:2]):
-                    draw.text((x + 3, 2 + k * line_h), _fit(draw, line, font, tw - 6), fill=TEXT, font=font)
+            _draw_header(draw, [levels[c] for c in cs], label_w, tw, line_h, font)
             for i, r in enumerate(rs):
                 y = head_h + i * th
-                draw.text((4, y + 4), _fit(draw, str(row_labels[r]), font, label_w - 8, True), fill=TEXT, font=font)
+                for k, line in enumerate(row_lines[r][: max(1, th // line_h)]):
+                    draw.text((4, y + 4 + k * line_h), _fit(draw, line, font, label_w - 8, True), fill=TEXT, font=font)
                 for j, c in enumerate(cs):
                     x = label_w + j * tw
                     cell = _open_cell(rows[r][c])
@@ -181,6 +182,26 @@ def sweep_pages(rows, row_labels, col_labels, tile: tuple[int, int], max_width: 
                             draw.text((x + 4, y + 4 + k * line_h), line, fill=(240, 150, 150), font=font)
             pages.append(page)
     return pages
+
+
+def _draw_header(draw, levels: list[list[str]], x0: int, tw: int, line_h: int, font) -> None:
+    """One header row per level; a level's label spans the run of columns that share it and every
+    level above it (prompt over its seeds, seed over its axis values), with a rule under each span."""
+    depth = max(len(lv) for lv in levels)
+    for k in range(depth):
+        j = 0
+        while j < len(levels):
+            key = levels[j][: k + 1]
+            end = j + 1
+            while end < len(levels) and levels[end][: k + 1] == key and k < depth - 1:
+                end += 1
+            if k < len(levels[j]):
+                x, width = x0 + j * tw, (end - j) * tw
+                y = 2 + k * line_h
+                draw.text((x + 3, y), _fit(draw, levels[j][k], font, width - 6), fill=TEXT, font=font)
+                if end - j > 1:
+                    draw.line((x + 3, y + line_h - 2, x + width - 4, y + line_h - 2), fill=(110, 110, 110))
+            j = end
 
 
 def _wrap(draw, text: str, font, width: int) -> list[str]:
