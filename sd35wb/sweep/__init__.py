@@ -22,7 +22,7 @@ One module per job: :mod:`.plan` (lists, axes, cells, labels, the plan's size), 
 :mod:`.draw` (the grid), :mod:`.cli`. Standard library, numpy and Pillow only: no ComfyUI.
 """
 
-from .client import PromptError, Result, Server, ServerGone
+from .client import PromptError, Result, Server, ServerGone, output_images
 from .dispatch import Sweep, SweepResult, run_local
 from .draw import draw
 from .plan import (
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
 
 __all__ = [
     "DEFAULT_MAX_IMAGES", "STATE_VERSION", "Axis", "Cell", "InputSpec", "PlanSize", "PromptError", "RenderCache",
-    "Result", "Server", "ServerGone", "StateLocked", "Sweep", "SweepResult", "SweepState", "check_size",
+    "Result", "Server", "ServerGone", "output_images", "StateLocked", "Sweep", "SweepResult", "SweepState", "check_size",
     "checkpoint_step", "coerce", "column_labels", "draw", "family_problems", "find_loader", "find_lora_loader",
     "find_prompt", "find_seed", "fingerprint", "format_value", "labels_for", "load_workflow", "main", "model_family",
     "model_label", "parse_axes_text", "parse_axis_spec", "parse_model_list", "parse_prompt_list", "parse_seeds",

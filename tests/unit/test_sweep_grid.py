@@ -153,3 +153,32 @@ def test_family_check_from_headers(tmp_path):
     notsafe = tmp_path / "x.safetensors"
     notsafe.write_bytes(b"not a safetensors file")
     assert "x.safetensors" in sweep.family_problems({"x": str(notsafe)})["x"]
+
+
+def test_an_axis_names_one_node_by_id_or_by_a_class_type_that_is_unique():
+    from sd35wb.sweep.workflow import axis_target
+
+    prompt = {"3": {"class_type": "KSampler", "inputs": {"cfg": 5.0, "model": ["1", 0]}},
+              "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a"}},
+              "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "b"}}}
+    assert axis_target(prompt, "KSampler.cfg", "--axis") == ("3", "cfg")
+    assert axis_target(prompt, "5.text", "--axis") == ("5", "text")
+    with pytest.raises(ValueError, match=r"2 CLIPTextEncode nodes \(4, 5\); name one by id"):
+        axis_target(prompt, "CLIPTextEncode.text", "--axis")
+    with pytest.raises(ValueError, match="is fed by a link"):
+        axis_target(prompt, "KSampler.model", "--axis")
+
+
+def test_axes_multiply_the_plan_and_key_every_value():
+    axes = [sweep.Axis("6.cfg", (1.0, 2.0)), sweep.Axis("6.steps", (10, 20))]
+    cells = sweep.plan(["a", "b"], ["p"], [1], strengths=[0.5, 1.0], axes=axes)
+    assert len(cells) == 2 * 2 * 4 and len(set(cells)) == 16
+    assert len({(c.model, c.strength, c.axes) for c in cells}) == 16
+    size = sweep.plan_size(cells, lora=True)
+    assert (size.images, size.model_loads, size.lora_patches, size.rows, size.columns) == (16, 1, 4, 4, 4)
+    with pytest.raises(ValueError, match="max_images: this plan renders 16 images, above the limit of 8"):
+        sweep.check_size(size, 8, "raise it")
+    assert sweep.column_labels(["p"], [1], axes=axes)[3] == "p1: p\nseed 1\ncfg 2\nsteps 20"
+    assert sweep.parse_axes_text("cfg=3.5,4.5; slg_layers=7,8,9|6") == [("cfg", ["3.5", "4.5"]),
+                                                                          ("slg_layers", ["7,8,9", "6"])]
+    assert sweep.parse_strengths("0.6, 0.8 1") == [0.6, 0.8, 1.0]
