@@ -180,7 +180,7 @@ def _family_of_names(names: Iterable[str]) -> str | None:
         return None
     unet = sum(bool(re.search(r"(down_blocks|up_blocks|mid_block|input_blocks|output_blocks|middle_block)", n))
                for n in names)
-    mmdit = sum(bool(re.search(r"(transformer_blocks|joint_blocks)", n)) and not
+    mmdit = sum(bool(re.search(r"(?<!single_)(transformer_blocks|joint_blocks)", n)) and not
                 re.search(r"(down_blocks|up_blocks|mid_block|attentions)", n) for n in names)
     flux = sum(bool(re.search(r"(single_transformer_blocks|double_blocks|single_blocks)", n)) for n in names)
     best = max((unet, "a UNet model (SD1.5 / SDXL family)"), (mmdit, "an MMDiT model (SD3 / SD3.5)"),
@@ -207,7 +207,10 @@ def match(file: str, shapes: Mapping[str, Iterable[int]], key_map: Mapping[str, 
             unmatched.append(name)
             continue
         weight = _target_shape(target, model_shapes)
-        if weight is not None and not _shape_fits(m, weight):
+        if weight is None:  # the map names a weight this model lacks: the host drops the patch ("NOT LOADED")
+            unmatched.append(name)
+            continue
+        if not _shape_fits(m, weight):
             bad_shape.append((name, (m.up[0], m.down[1]), tuple(weight[:2])))
             continue
         matched += 1
