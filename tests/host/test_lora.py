@@ -107,9 +107,19 @@ def test_sd3_lora_matches_fully_and_patches_like_diffusers_and_core(host, lora_m
 
 
 def test_detected_formats(lora_mod, fixtures):
-    got = {n: lora_mod.check_file.__globals__["L"].detect_format(lora_mod.load(str(fixtures[n]))) for n in lora_fixtures.GOOD}
+    from sd35wb import lora
+
+    got = {n: lora.detect_format(lora_mod.load(str(fixtures[n]))) for n in lora_fixtures.GOOD}
     assert got == {"sd3-peft": "peft", "sd3-simpletuner": "diffusers", "sd3-simpletuner-comfyui": "simpletuner-comfyui",
                    "sdxl-peft": "peft", "sdxl-simpletuner": "diffusers", "sdxl-simpletuner-comfyui": "simpletuner-comfyui"}
+
+
+def test_check_file_reads_a_simpletuner_full_finetune_file_too(host, lora_mod, fixtures):
+    """A LoRA checked against diffusers-layout weights (SimpleTuner's transformer/ folder), as the host detects them."""
+    dm = host.models / "diffusers" / "tiny-sd35m" / "transformer" / "diffusion_pytorch_model.safetensors"
+    assert lora_mod.check_file(str(fixtures["sd3-simpletuner"]), str(dm)).matched == 47
+    with pytest.raises(ValueError, match=r"sd3-peft.safetensors: this ComfyUI does not recognise it as a diffusion model"):
+        lora_mod.check_file(str(fixtures["sd3-simpletuner"]), str(fixtures["sd3-peft"]))
 
 
 @pytest.mark.parametrize("name", SDXL_GOOD)
