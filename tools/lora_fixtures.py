@@ -17,6 +17,9 @@ Good files (every module maps onto the tiny model):
   ``UNet2DConditionModel`` shaped like the tiny Vega (built on the meta device: only the LoRA
   matrices get memory).
 
+``sd3-with-te``: ``sd3-peft``'s transformer LoRA plus a PEFT LoRA on a CLIP-L-shaped transformers
+``CLIPTextModel`` (``text_encoder.<module>.lora_A.weight``), saved together by the pipeline.
+
 Broken files: ``sdxl-peft`` on an SD3 model (wrong family); ``sd3-wide`` (trained on another width:
 a 5-block, width-320 SD3); ``sd3-deeper`` (an 8-block base of the same width: half its modules
 name blocks the tiny model lacks); ``sd3-matches-nothing`` (Flux-style module names);
@@ -47,9 +50,11 @@ RANK = 4
 ALPHA = 4.0
 SD3_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
                "ff.net.0.proj", "ff.net.2"]
+TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # diffusers' training scripts' text-encoder targets
 SDXL_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 GOOD = ("sd3-peft", "sd3-simpletuner", "sd3-simpletuner-comfyui", "sdxl-peft", "sdxl-simpletuner",
         "sdxl-simpletuner-comfyui")
+WITH_TE = ("sd3-with-te",)  # transformer + CLIP-L text encoder (SimpleTuner's --train_text_encoder)
 BAD = ("sd3-wide", "sd3-deeper", "sd3-matches-nothing", "sd3-truncated")
 CACHE_VERSION = 1
 
@@ -93,11 +98,16 @@ def vega_unet():
         return UNet2DConditionModel(**VEGA_DIFFUSERS)
 
 
-def add_random_lora(model, targets, seed: int, rank: int = RANK, alpha: float = ALPHA, scale: float = 0.05):
+def add_random_lora(model, targets, seed: int, rank: int = RANK, alpha: float = ALPHA, scale: float = 0.05,
+                    inject: bool = False):
     """PEFT's own adapter on ``model`` with random A and B (PEFT starts B at zero: an identity LoRA)."""
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
 
-    model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=True))
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=True)
+    if inject:  # transformers models: what their add_adapter does (which needs peft >= 0.22; the tools have 0.21)
+        inject_adapter_in_model(config, model)
+    else:  # diffusers models: their own add_adapter
+        model.add_adapter(config)
     g = torch.Generator().manual_seed(seed)
     for name, mod in sorted(model.named_modules()):
         if name.endswith((".lora_A.default", ".lora_B.default")):
@@ -106,6 +116,16 @@ def add_random_lora(model, targets, seed: int, rank: int = RANK, alpha: float = 
             with torch.no_grad():
                 mod.weight.copy_(scale * torch.randn(mod.weight.shape, generator=g))
     return model
+
+
+def clip_l_text_model():
+    """transformers' CLIPTextModel shaped like CLIP-L (SD3's first text encoder), on the meta device."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                         projection_dim=768)
+    with torch.device("meta"):
+        return CLIPTextModel(cfg)
 
 
 def _adapter_metadata(model) -> dict:
@@ -165,6 +185,22 @@ def save(model, family: str, fmt: str, path: Path) -> Path:
     return path
 
 
+def save_with_te(model, te, path: Path) -> Path:
+    """Transformer and text-encoder LoRA in one file, through the pipeline's own saver (PEFT keys)."""
+    from diffusers import StableDiffusion3Pipeline
+    from peft.utils import get_peft_model_state_dict
+
+    # The tools' transformers names CLIPTextModel's modules without the ``text_model.`` level that
+    # CLIP-L files, published LoRAs and ComfyUI's key map have; put it back so the file looks like theirs.
+    te_layers = {k if k.startswith("text_model.") else "text_model." + k: v
+                 for k, v in get_peft_model_state_dict(te).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    StableDiffusion3Pipeline.save_lora_weights(
+        str(path.parent), transformer_lora_layers=get_peft_model_state_dict(model),
+        text_encoder_lora_layers=te_layers, weight_name=path.name, safe_serialization=True)
+    return path
+
+
 def _rename(src: Path, dst: Path, old: str, new: str) -> Path:
     from safetensors.torch import load_file, save_file
 
@@ -176,7 +212,7 @@ def _rename(src: Path, dst: Path, old: str, new: str) -> Path:
 
 
 def build_all(root: Path | None = None) -> dict[str, Path]:
-    """Write (once) every fixture under ``root``; ``{name: path}`` for GOOD and BAD."""
+    """Write (once) every fixture under ``root``; ``{name: path}`` for GOOD, WITH_TE and BAD."""
     root = Path(root) if root else cache_root()
     stamp = root / f".complete-v{CACHE_VERSION}"
     if not stamp.exists():
@@ -188,6 +224,7 @@ def build_all(root: Path | None = None) -> dict[str, Path]:
         vega = add_random_lora(vega_unet(), SDXL_TARGETS, seed=2)
         for fmt in ("peft", "simpletuner", "simpletuner-comfyui"):
             save(vega, "sdxl", fmt, tmp / f"sdxl-{fmt}.safetensors")
+        save_with_te(sd3, add_random_lora(clip_l_text_model(), TE_TARGETS, seed=5, inject=True), tmp / "sd3-with-te.safetensors")
         save(add_random_lora(sd3_transformer(depth=5, weights=False), SD3_TARGETS, seed=3), "sd3", "peft",
              tmp / "sd3-wide.safetensors")
         save(add_random_lora(sd3_transformer(num_blocks=2 * tm.SD3_DEPTH, weights=False), SD3_TARGETS, seed=4),
@@ -202,7 +239,7 @@ def build_all(root: Path | None = None) -> dict[str, Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         if not stamp.exists():
             raise RuntimeError(f"{root} exists but is incomplete (no {stamp.name}): delete it and run again")
-    return {name: root / f"{name}.safetensors" for name in GOOD + BAD}
+    return {name: root / f"{name}.safetensors" for name in GOOD + WITH_TE + BAD}
 
 
 def lora_run(out: Path, steps=(500, 1000), family: str = "sd3", fmt: str = "simpletuner", ema: bool = False,

@@ -192,3 +192,45 @@ def test_simpletuner_lora_run_links_as_loras(tmp_path):
     assert got == [("loras", "checkpoint-1000-ema.safetensors", "ema"), ("loras", "checkpoint-1000.safetensors", "lora"),
                    ("loras", "checkpoint-500-ema.safetensors", "ema"), ("loras", "checkpoint-500.safetensors", "lora"),
                    ("loras", "my-lora-final.safetensors", "final")], (got, scan.skipped)
+
+
+def test_sdxl_formats_on_the_loaded_vega_agree_with_check_file_and_patch(host, lora_mod, fixtures):
+    """On the loaded model too, including 0.3.75, whose key map misses diffusers attention names
+    (``attn1.to_q``): the loader's renames make every module land."""
+    vega = call(host.nodes, "UNETLoader", unet_name="tiny-vega.safetensors", weight_dtype="default")[0]
+    path = host.folder_paths.get_full_path("diffusion_models", "tiny-vega.safetensors")
+    for name in SDXL_GOOD:
+        sd = lora_mod.load(str(fixtures[name]))
+        m = lora_mod.check(vega, None, sd, f"{name}.safetensors")
+        assert m.ok() and m == lora_mod.check_file(str(fixtures[name]), path)
+        patched, _ = lora_mod.apply(vega, None, sd, 1.0, 0.0, name)
+        assert len(patched.patches) == 170 and not vega.patches
+
+
+@pytest.fixture(scope="module")
+def clip_l(host, user_models):
+    from tools import sd35_fixtures
+
+    dst = user_models / "text_encoders" / "sd35wb-lora-test-clip_l.safetensors"
+    if not dst.exists():
+        os.symlink(sd35_fixtures.clip_l_file(), dst)
+    return call(host.nodes, "CLIPLoader", clip_name=dst.name, type="sd3", device="default")[0]
+
+
+def test_text_encoder_modules_apply_with_a_clip_and_are_counted_without(host, lora_mod, fixtures, sd3, clip_l):
+    """A SimpleTuner --train_text_encoder LoRA: without a CLIP its text-encoder part is left out
+    (and said so); with one, every module lands and the conditioning changes, like core LoraLoader."""
+    sd = lora_mod.load(str(fixtures["sd3-with-te"]))
+    alone = lora_mod.check(sd3, None, sd, "sd3-with-te.safetensors")
+    assert alone.ok() and (alone.matched, alone.ignored_text_encoder) == (47, 48)
+    assert "48 text-encoder modules not applied" in alone.describe()
+    both = lora_mod.check(sd3, clip_l, sd, "sd3-with-te.safetensors")
+    assert both.ok() and (both.modules, both.matched, both.ignored_text_encoder) == (95, 95, 0)
+    m, c = lora_mod.apply(sd3, clip_l, sd, 1.0, 0.8, "sd3-with-te")
+    assert c is not clip_l and m is not sd3
+    (core_m, core_c) = call(host.nodes, "LoraLoader", model=sd3, clip=clip_l, lora_name="sd3-with-te.safetensors",
+                            strength_model=1.0, strength_clip=0.8)
+    enc = lambda clip: call(host.nodes, "CLIPTextEncode", clip=clip, text="a red fox")[0][0][0]  # noqa: E731
+    ours, core, base = enc(c), enc(core_c), enc(clip_l)
+    assert torch.equal(ours, core) and not torch.equal(ours, base)
+    assert lora_mod.apply(sd3, clip_l, sd, 0.0, 0.0, "x") == (sd3, clip_l)
