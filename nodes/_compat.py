@@ -169,3 +169,67 @@ def register_scheduler(name: str, sigmas_fn, use_ms: bool = True) -> bool:
     if name not in names:
         names.append(name)
     return True
+
+
+# ----------------------------------------------------------------------------- LoRA key maps
+
+def lora_key_map(model=None, clip=None) -> dict:
+    """The host's {LoRA module name: weight key} for a ModelPatcher (and a CLIP): what
+    ``comfy.sd.load_lora_for_models`` builds before it patches (same calls, same order)."""
+    import comfy.lora
+
+    key_map: dict = {}  # fresh: both functions default to one shared dict
+    if model is not None:
+        key_map = base_lora_key_map(model.model)
+    if clip is not None:
+        key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
+    return key_map
+
+
+def base_lora_key_map(base_model) -> dict:
+    """``lora_key_map`` for the host's model object itself (``ModelPatcher.model``, or a meta-device one)."""
+    import comfy.lora
+
+    return comfy.lora.model_lora_keys_unet(base_model, {})
+
+
+def lora_convert(lora_sd: dict) -> dict:
+    """The host's own LoRA format conversions (comfy/lora_convert.py), as its loader applies them."""
+    import comfy.lora_convert
+
+    return comfy.lora_convert.convert_lora(lora_sd)
+
+
+def weight_shapes(model=None, clip=None) -> dict:
+    """{weight key: shape} under the key map's names (``diffusion_model.…``, the CLIP's own keys)."""
+    out = {}
+    if model is not None:
+        out.update({k: tuple(v.shape) for k, v in model.model.state_dict().items()})
+    if clip is not None:
+        out.update({k: tuple(v.shape) for k, v in clip.cond_stage_model.state_dict().items()})
+    return out
+
+
+def meta_diffusion_model(tensors: dict):
+    """The host's model object for a diffusion-model file, built on the meta device (no weights):
+    its detection (``model_config_from_unet``; diffusers MMDiT and UNet layouts as
+    ``comfy.sd.load_diffusion_model_state_dict`` converts them), from ``{key: meta tensor}``.
+    None when the host does not recognise the file."""
+    import comfy.model_detection as md
+    import comfy.utils
+    import torch
+
+    prefix = md.unet_prefix_from_state_dict(tensors)
+    inner = comfy.utils.state_dict_prefix_replace(tensors, {prefix: ""}, filter_keys=True) or tensors
+    with torch.device("meta"):
+        config = md.model_config_from_unet(inner, "")
+        sd = inner
+        if config is None:
+            converted = md.convert_diffusers_mmdit(inner, "")
+            if converted is not None:
+                config, sd = md.model_config_from_unet(converted, ""), converted
+            else:
+                config = md.model_config_from_diffusers_unet(inner)
+        if config is None:
+            return None
+        return config.get_model(sd, "", device="meta")

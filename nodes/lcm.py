@@ -13,7 +13,6 @@ import os
 
 import comfy.sample
 import comfy.samplers
-import comfy.sd
 import comfy.utils
 import folder_paths
 import torch
@@ -22,6 +21,7 @@ from comfy_api.latest import io
 from ..sd35wb import folders, lcm
 from ..sd35wb import grid as grid_mod
 from . import _compat as C
+from . import _lora
 
 LOG = logging.getLogger("sd35-workbench")
 CATEGORY = "SD3.5 Workbench/LCM"
@@ -72,26 +72,6 @@ def resolve_lora(option: str, model_fam: str | None, input_name: str = "lcm_lora
     return path, option
 
 
-_CACHE: dict[str, tuple[tuple, dict]] = {}
-
-
-def _load_lora_file(path: str) -> dict:
-    """The LoRA's tensors (the host's loader, safe_load), re-keyed where core's loader misses names.
-    One file is kept between runs, like core's LoraLoader keeps its last LoRA."""
-    st = os.stat(path)
-    stamp = (st.st_mtime_ns, st.st_size)
-    hit = _CACHE.get(path)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    sd = comfy.utils.load_torch_file(path, safe_load=True)
-    renames = lcm.peft_key_renames(sd)
-    if renames:
-        sd = {renames.get(k, k): v for k, v in sd.items()}
-    _CACHE.clear()
-    _CACHE[path] = (stamp, sd)
-    return sd
-
-
 def check_lora(path: str, label: str, model_fam: str | None, input_name: str) -> lcm.LoraInfo:
     try:
         header = lcm.read_safetensors_header(path)
@@ -109,8 +89,7 @@ def apply_lora(model, clip, option: str, strength: float, clip_strength: float =
     fam = model_family(model)
     path, label = resolve_lora(option, fam, input_name)
     check_lora(path, label, fam, input_name)
-    m, c = comfy.sd.load_lora_for_models(model, clip, _load_lora_file(path), strength, clip_strength)
-    return m, (c if clip is not None else None)
+    return _lora.apply(model, clip, _lora.load(path), strength, clip_strength, label)
 
 
 def lcm_sampling(model):

@@ -204,29 +204,6 @@ def has_known(family: str | None) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Key names the host's loader misses
-
-_PEFT_ATTN = re.compile(r"^((?:unet\.)?(?:down_blocks|mid_block|up_blocks)\..*\.attn[12])\.(to_q|to_k|to_v|to_out\.0)"
-                        r"\.(lora_A\.weight|lora_B\.weight|lora\.down\.weight|lora\.up\.weight|alpha)$")
-
-
-def peft_key_renames(keys) -> dict[str, str]:
-    """Renames that let ComfyUI's loader read PEFT-native diffusers LoRAs.
-
-    ComfyUI 0.3.75 maps diffusers attention projections only in the attention-processor form
-    (``attn1.processor.to_k``, ``attn1.processor.to_out``; comfy/lora.py model_lora_keys_unet), so a
-    PEFT / diffusers>=0.24 file (``unet.….attn1.to_k.lora_A.weight``) would leave every attention
-    key "not loaded". Returns ``{old: new}`` for those keys only (a re-keying, no tensor copies)."""
-    out = {}
-    for k in keys:
-        m = _PEFT_ATTN.match(k)
-        if m:
-            proj = m.group(2).replace("to_out.0", "to_out")
-            out[k] = f"{m.group(1)}.processor.{proj}.{m.group(3)}"
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
 # Hugging Face Hub fetch (small and self-contained; public LCM-LoRAs need no token)
 
 

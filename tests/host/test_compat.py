@@ -178,3 +178,37 @@ def test_registered_scheduler_is_offered_and_computes(host, C):
 
     sig = comfy.samplers.calculate_sigmas(EpsDiscrete(None), name, 4)
     assert sig.shape == (5,) and float(sig[-1]) == 0.0 and float(sig[0]) > 1000  # zero terminal SNR: huge first sigma
+
+
+def test_lora_key_map_is_what_core_load_lora_for_models_builds(host, C):
+    """The key map and conversion the pack checks LoRAs with are the host's own: every entry patches
+    through core's loader, and a second call starts from an empty map (the host's functions default
+    to one shared dict)."""
+    import comfy.lora
+
+    model = call(host.nodes, "UNETLoader", unet_name="tiny-sd35m.safetensors", weight_dtype="default")[0]
+    key_map = C.lora_key_map(model, None)
+    assert "transformer.transformer_blocks.0.attn.to_q" in key_map
+    assert C.lora_key_map(None, None) == {}
+    shapes = C.weight_shapes(model, None)
+    target = key_map["transformer.transformer_blocks.0.attn.to_q"]
+    key, (dim, start, length) = target
+    assert shapes[key][dim] == 3 * length  # the fused qkv, of which to_q is one third
+    lora = {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.ones(2, shapes[key][1]),
+            "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.ones(length, 2)}
+    assert C.lora_convert(lora).keys() == lora.keys()
+    assert list(comfy.lora.load_lora(lora, key_map, log_missing=False)) == [target]
+
+
+def test_meta_diffusion_model_is_the_hosts_detection_without_weights(host, C):
+    from safetensors import safe_open
+
+    for name, cls in (("tiny-sd35m.safetensors", "SD3"), ("tiny-vega.safetensors", "SDXL")):
+        path = host.folder_paths.get_full_path("diffusion_models", name)
+        with safe_open(path, "pt") as f:
+            tensors = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+        model = C.meta_diffusion_model(tensors)
+        assert type(model).__name__ == cls and {p.device.type for p in model.parameters()} == {"meta"}
+        keys = C.base_lora_key_map(model)
+        assert len(keys) > 100 and all(isinstance(v, (str, tuple)) for v in keys.values())
+    assert C.meta_diffusion_model({"w": torch.empty(2, 2, device="meta")}) is None

@@ -1,4 +1,4 @@
-"""Unit tier: LCM-LoRA family detection from safetensors headers, key renames, step checks and the
+"""Unit tier: LCM-LoRA family detection from safetensors headers, step checks and the
 Hugging Face cache lookup (offline, against a cache laid out like huggingface_hub's)."""
 
 from __future__ import annotations
@@ -112,20 +112,6 @@ def test_known_loras_and_auto():
         lcm.known_for_family("KOALA-700M")
     opts = lcm.lora_options(["a.safetensors"])
     assert opts[0] == lcm.AUTO and opts[-1] == "a.safetensors" and len(opts) == 6
-
-
-def test_peft_attention_keys_are_renamed_to_the_processor_form():
-    keys = [
-        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight",
-        "unet.mid_block.attentions.0.transformer_blocks.3.attn2.to_out.0.lora.up.weight",
-        "unet.down_blocks.1.attentions.0.proj_in.lora_A.weight",
-        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight",
-        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor.to_q.lora_A.weight",
-    ]
-    assert lcm.peft_key_renames(keys) == {
-        keys[0]: "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor.to_q.lora_A.weight",
-        keys[1]: "unet.mid_block.attentions.0.transformer_blocks.3.attn2.processor.to_out.lora.up.weight",
-    }
 
 
 @pytest.mark.parametrize("steps", [1, 4, 8])
