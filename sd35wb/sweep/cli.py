@@ -58,6 +58,10 @@ def parser() -> argparse.ArgumentParser:
                     help=f"refuse a plan of more images than this (default {DEFAULT_MAX_IMAGES})")
     ap.add_argument("--keep-order", action="store_true", help="--models / --loras in the order given, not numeric")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds to wait for one checkpoint's images")
+    ap.add_argument("--ray", metavar="auto|ADDRESS", help="run on a Ray cluster: one actor per --server (needs "
+                                                       "pip install \"sd35-workbench[cluster]\"); see docs/sweep_cluster.md")
+    ap.add_argument("--ray-resource", metavar="NAME", help="with --ray: each actor takes one unit of this custom "
+                                                           "resource instead of a GPU")
     return ap
 
 
@@ -81,6 +85,10 @@ def main(argv: list[str] | None = None, dispatch=None) -> int:
     args = parser().parse_args(argv)
     servers = args.server or ["http://127.0.0.1:8188"]
     try:
+        if args.ray and dispatch is None:  # first: no Ray, or no cluster there, is said before any server is asked
+            from .ray_dispatch import make_dispatch  # only here: the local path and the node pack never import Ray
+
+            dispatch = make_dispatch(args.ray, servers, resource=args.ray_resource)
         prompt = load_workflow(args.workflow)
         if args.prompts and args.prompt:
             raise ValueError("--prompts and --prompt: give one of them")
