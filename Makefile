@@ -9,7 +9,7 @@ HOST ?=
 FRONTEND ?=
 SETUP_ARGS = $(if $(HOST),--host $(HOST)) $(if $(FRONTEND),--frontend $(FRONTEND))
 
-.PHONY: setup test demo lint bench unit
+.PHONY: setup test demo lint bench unit test-realsize
 setup:
 	@bash scripts/setup.sh $(SETUP_ARGS)
 
@@ -28,3 +28,6 @@ demo: setup
 
 bench: setup
 	@for f in bench/*.py; do echo "== $$f"; $(HOSTPY) $$f || exit 1; done
+
+test-realsize: setup  # SD3.5 Medium at its real structure (tools/real_models.py): ~14 GiB peak, alone on the machine
+	@flock -x /tmp/sd35wb-mem.lock env HOST="$(HOST)" FRONTEND="$(FRONTEND)" bash scripts/test.sh -m realsize $(PYTEST_ARGS)

@@ -61,6 +61,12 @@ def _tier(item) -> str:
 
 
 def pytest_collection_modifyitems(config, items):
+    # the real-size tier (about 10 GB per load) runs only when asked for: `-m realsize` / make test-realsize
+    if "realsize" not in (config.option.markexpr or ""):
+        left = [it for it in items if it.get_closest_marker("realsize")]
+        if left:
+            config.hook.pytest_deselected(items=left)
+            items[:] = [it for it in items if not it.get_closest_marker("realsize")]
     for item in items:
         item.add_marker(getattr(pytest.mark, _tier(item)))
     items.sort(key=lambda it: TIERS.index(_tier(it)))  # cheap tiers first; stable within a tier

@@ -1,0 +1,132 @@
+"""Real-size tier (marker ``realsize``, ``make test-realsize``): SD3.5 Medium at its real structure.
+
+The files come from ``tools/real_models.py`` (random weights, Stability's key names and shapes,
+cached, built in about a minute). Through the pack's SD3.5 Loader with variant auto, the user's
+path: the variant and settings it reports, one 64 px step with SLG 7,8,9 equal to core's
+UNETLoader + ModelSamplingSD3 + SkipLayerGuidanceSD3; load time and peak memory of both loaders printed.
+
+On CPU the host keeps an fp16 file's weights in float32 (``model_management.unet_dtype``:
+``should_use_fp16`` is False on a CPU device), so both sides compute in float32 and the Medium
+needs about 10 GB resident per load; the two loads run one after the other. Run it alone
+(``flock -x /tmp/sd35wb-mem.lock``, as ``make test-realsize`` does). Left out of a run unless
+``-m`` names ``realsize`` (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+
+import pytest
+import torch
+from helpers import call, run_custom
+
+from sd35wb import hub, presets
+from sd35wb import sd3_inspect as si
+
+pytestmark = pytest.mark.realsize
+REL_TOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def real(host):
+    from tools import real_models
+
+    root = real_models.medium()
+    host.folder_paths.add_model_folder_path("checkpoints", str(root / "checkpoints"))
+    # core's UNETLoader lists diffusion_models only: the single file there too, and SimpleTuner's folder
+    host.folder_paths.add_model_folder_path("diffusion_models", str(root / "checkpoints"))
+    host.folder_paths.add_model_folder_path("diffusion_models", str(root / "diffusers"))
+    return root
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 20 ms)."""
+
+    def __enter__(self):
+        import psutil
+
+        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self.base = self.proc.memory_info().rss
+        self.t0 = time.perf_counter()
+
+        def sample():
+            while not self._stop.wait(0.02):
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.seconds = time.perf_counter() - self.t0
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+        self.growth = self.peak - self.base
+
+
+def free():
+    import comfy.model_management
+
+    comfy.model_management.unload_all_models()
+    gc.collect()
+    comfy.model_management.soft_empty_cache()
+
+
+def one_step(host, model, guider):
+    (lat,) = call(host.nodes, "EmptySD3LatentImage", width=64, height=64, batch_size=1)
+    return run_custom(host, model, guider, lat, steps=1, seed=11)
+
+
+def test_hub_table_names_the_real_files(real):
+    f = hub.KNOWN_FILES["sd3.5_medium.safetensors"]
+    path = real / "checkpoints" / f.name
+    assert f.folder == "checkpoints" and f.repo_path == f.name and f.repos[0] == hub.REPOS["medium"]
+    assert abs(path.stat().st_size / 1e9 - f.size_gb) < 0.1, (path.stat().st_size, f.size_gb)
+    for name, variant in (("sd3.5_large.safetensors", "large"), ("sd3.5_large_turbo.safetensors", "large_turbo")):
+        assert hub.KNOWN_FILES[name].repos[0] == hub.REPOS[variant] and hub.KNOWN_FILES[name].folder == "checkpoints"
+
+
+def test_simpletuner_folder_is_medium_from_its_header(real):
+    p = real / "diffusers" / "sd3.5_medium" / "transformer" / "diffusion_pytorch_model.safetensors"
+    info = si.inspect_model(str(p))
+    assert (info.detected, info.num_blocks, info.has_vae) == ("medium", 24, False), info.describe()
+    assert si.resolve_variant(info, "auto", str(p))[0] == "medium"
+
+
+def test_medium_loader_reports_medium_and_matches_core_slg_step(host, real, conds):
+    pos, neg = conds
+    slg = dict(scale=3.0, start=0.0, end=1.0)  # sigma window over the whole run: the one step gets SLG
+    with PeakRSS() as ours_mem:
+        model, clip, vae, settings = call(
+            host.nodes, "SD35WB_SD35Loader", model_name="sd3.5_medium.safetensors", variant="auto", clip_l="none",
+            clip_g="none", t5xxl="none", t5_dtype="default", vae="taesd3", shift=3.0, fetch_missing=False)
+    want = presets.recommended_settings("medium")
+    assert settings["variant"] == "medium" and settings["steps"] == want["steps"] == 50
+    assert settings["slg"]["layers"] == [7, 8, 9] and settings["shift"] == 3.0
+    assert model.model.diffusion_model.hidden_size == 1536 and len(model.model.diffusion_model.joint_blocks) == 24
+    (guider,) = call(host.nodes, "SD35WB_SLGGuider", model=model, positive=pos, negative=neg, cfg=4.0, preset="custom",
+                     layers="7, 8, 9", scale=slg["scale"], start=slg["start"], end=slg["end"], gating="sigma",
+                     rescale=0.0, implementation="batched")
+    ours = one_step(host, model, guider)
+    dtype = model.model.get_dtype()
+    del model, clip, vae, guider
+    free()
+
+    with PeakRSS() as core_mem:
+        (base,) = call(host.nodes, "UNETLoader", unet_name="sd3.5_medium.safetensors", weight_dtype="default")
+    (m,) = call(host.nodes, "ModelSamplingSD3", model=base, shift=3.0)
+    (m,) = call(host.nodes, "SkipLayerGuidanceSD3", model=m, layers="7, 8, 9", scale=slg["scale"],
+                start_percent=slg["start"], end_percent=slg["end"])
+    (guider,) = call(host.nodes, "CFGGuider", model=m, positive=pos, negative=neg, cfg=4.0)
+    core = one_step(host, m, guider)
+    del base, m, guider
+    free()
+
+    rel = float((ours - core).abs().max() / core.abs().max())
+    print(f"\n[realsize] Medium 2.47B, weights {dtype} on {os.cpu_count()} cores: load ours {ours_mem.seconds:.1f}s "
+          f"peak +{ours_mem.growth / 2**30:.2f} GiB; core UNETLoader {core_mem.seconds:.1f}s peak "
+          f"+{core_mem.growth / 2**30:.2f} GiB; one SLG step rel diff {rel:.2e}")
+    assert torch.isfinite(ours).all() and rel <= REL_TOL
