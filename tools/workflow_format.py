@@ -20,7 +20,7 @@ NOTE_TYPE = "MarkdownNote"
 # The SD3.5 files come from the hub client's table (one list of published names); the others are
 # the public originals the notes name.
 PUBLIC_MODELS: dict[str, dict] = {
-    **{f.name: {"name": f.name, "url": f"https://huggingface.co/{f.repos[0]}/resolve/main/{f.path}", "directory": f.folder}
+    **{f.name: {"name": f.name, "url": f"https://huggingface.co/{f.repos[0]}/resolve/main/{f.repo_path}", "directory": f.folder}
        for f in hub.KNOWN_FILES.values()},
     "sd_xl_base_1.0.safetensors": {
         "name": "sd_xl_base_1.0.safetensors", "directory": "checkpoints",
