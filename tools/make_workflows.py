@@ -64,7 +64,7 @@ async (wf) => {
       y += h + GAP; colW = Math.max(colW, n.size[0]); maxH = Math.max(maxH, y);
     }
     const w = Math.max(x + colW, note ? 520 : 0), h = maxH + (note ? NOTE_H + GAP : 0);
-    return {pos, w, h, scale: Math.min(1280 / w, 780 / h)};
+    return {pos, w, h, scale: Math.min(1200 / w, 720 / h)};
   };
   let best = null;
   for (let H = 300; H <= 2400; H += 20) {
