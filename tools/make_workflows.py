@@ -48,12 +48,34 @@ LAYOUT_JS = """
 async (wf) => {
   await window.app.loadGraphData(wf);
   const g = window.app.graph;
-  g.arrange(60);  // the frontend's own layout, from real node sizes
+  g.arrange(60);  // the frontend's own layout, from real node sizes: its columns give the reading order
   const note = g._nodes.find(n => n.type === 'MarkdownNote');
-  if (note) {  // the note goes above the graph, as wide as the first two columns
-    const top = Math.min(...g._nodes.filter(n => n !== note).map(n => n.pos[1]));
-    note.size = [760, 300];
-    note.pos = [60, top - 340];
+  const items = g._nodes.filter(n => n !== note).sort((a, b) => a.pos[0] - b.pos[0] || a.pos[1] - b.pos[1]);
+  // Wrap that order into columns no taller than H, picking the H whose bounds (note on top) fit a
+  // 1400x900 editor at the largest zoom: below ~0.6 litegraph draws nodes without text.
+  const GAP = 40, TITLE = 30, NOTE_H = 300;
+  const pack = (H) => {
+    const pos = [];
+    let x = 0, y = 0, colW = 0, maxH = 0;
+    for (const n of items) {
+      const h = n.size[1] + TITLE;
+      if (y > 0 && y + h > H) { x += colW + GAP; y = 0; colW = 0; }
+      pos.push([x, y + TITLE]);
+      y += h + GAP; colW = Math.max(colW, n.size[0]); maxH = Math.max(maxH, y);
+    }
+    const w = Math.max(x + colW, note ? 520 : 0), h = maxH + (note ? NOTE_H + GAP : 0);
+    return {pos, w, h, scale: Math.min(1200 / w, 720 / h)};
+  };
+  let best = null;
+  for (let H = 300; H <= 2400; H += 20) {
+    const r = pack(H);
+    if (!best || r.scale > best.scale) best = r;
+  }
+  const top = 60 + (note ? NOTE_H + GAP : 0);
+  items.forEach((n, i) => { n.pos = [60 + best.pos[i][0], top + best.pos[i][1]]; });
+  if (note) {  // the note goes above the graph, as wide as the graph (a readable 520-900 px)
+    note.size = [Math.min(Math.max(best.w, 520), 900), NOTE_H];
+    note.pos = [60, 60];
   }
   window.app.canvas.setDirty(true, true);
   // What the frontend writes when a user saves: JSON.stringify drops the undefined fields that a

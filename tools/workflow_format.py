@@ -10,8 +10,22 @@ from __future__ import annotations
 
 import uuid
 
+from sd35wb import hub
+
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 NOTE_TYPE = "MarkdownNote"
+
+# Public files a template may name, with where they download from and the models/ folder they go to:
+# the frontend reads node.properties.models ({name, url, directory}) to offer missing files.
+# The SD3.5 files come from the hub client's table (one list of published names); the others are
+# the public originals the notes name.
+PUBLIC_MODELS: dict[str, dict] = {
+    **{f.name: {"name": f.name, "url": f"https://huggingface.co/{f.repos[0]}/resolve/main/{f.repo_path}", "directory": f.folder}
+       for f in hub.KNOWN_FILES.values()},
+    "sd_xl_base_1.0.safetensors": {
+        "name": "sd_xl_base_1.0.safetensors", "directory": "checkpoints",
+        "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"},
+}
 
 
 def input_specs(info: dict) -> list[tuple[str, str, dict]]:
@@ -60,7 +74,10 @@ def api_to_ui(prompt: dict, object_info: dict, note: str | None = None, title: s
     depth = _depths(prompt)
     rows: dict[int, int] = {}
     nodes, links = [], []
-    id_map = {nid: i + 1 for i, nid in enumerate(sorted(prompt, key=lambda n: (depth[n], int(n) if n.isdigit() else n)))}
+    if all(n.isdigit() for n in prompt):  # keep the API ids, so a note's "node 6" is node 6 in both files
+        id_map = {nid: int(nid) for nid in prompt}
+    else:
+        id_map = {nid: i + 1 for i, nid in enumerate(sorted(prompt, key=lambda n: (depth[n], int(n) if n.isdigit() else n)))}
     out_links: dict[tuple[int, int], list[int]] = {}
     pending_inputs = {}
     for nid, node in prompt.items():
@@ -99,6 +116,9 @@ def api_to_ui(prompt: dict, object_info: dict, note: str | None = None, title: s
         }
         if meta.get("title"):
             entry["title"] = meta["title"]
+        models = [PUBLIC_MODELS[v] for v in node["inputs"].values() if isinstance(v, str) and v in PUBLIC_MODELS]
+        if models:
+            entry["properties"]["models"] = [dict(m) for m in models]
         nodes.append(entry)
     by_id = {n["id"]: n for n in nodes}
     for (uid, slot), (src, src_slot) in sorted(pending_inputs.items()):
