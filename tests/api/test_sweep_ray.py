@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 import ray.cluster_utils as ray_cluster_utils  # the tools layer's Ray (requirements-dev.txt), never the host's
-from api.test_sweep_cli import REPO, RUN, _cli, _workflow, clip_link, linked, second_server  # noqa: F401 - fixtures
 from PIL import Image
+from sweep_helpers import REPO, RUN, cli, workflow
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +31,15 @@ def _images(out):
     return {f.name: np.asarray(Image.open(f).convert("RGB")) for f in sorted(out.parent.glob(out.stem + "-images/*.png"))}
 
 
-def test_ray_grid_equals_the_local_grid(server, second_server, linked, clip_link, cluster, tmp_path):  # noqa: F811
-    wf = _workflow(tmp_path, "ray_grid")
+def test_ray_grid_equals_the_local_grid(server, second_server, linked, clip_link, cluster, tmp_path):
+    wf = workflow(tmp_path, "ray_grid")
     common = ["--workflow", wf, "--run", RUN, "--prompt", "a red fox in snow", "--seeds", "1,2",
               "--server", server.url, "--server", second_server.url]
     local = tmp_path / "local" / "grid.png"
-    r = _cli(*common, "--out", local)
+    r = cli(*common, "--out", local)
     assert r.returncode == 0, r.stdout + r.stderr
     on_ray = tmp_path / "ray" / "grid.png"
-    r = _cli(*common, "--out", on_ray, "--ray", cluster.address, "--ray-resource", "comfy")
+    r = cli(*common, "--out", on_ray, "--ray", cluster.address, "--ray-resource", "comfy")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "6 rendered, 0 reused" in r.stdout
     a, b = _images(local), _images(on_ray)
@@ -66,6 +66,6 @@ def test_ray_missing_says_how_to_install(tmp_path):
 
 def test_ray_bad_address_is_a_clear_error_fast(tmp_path):
     t0 = time.time()
-    r = _cli("--workflow", tmp_path / "w.json", "--models", "a", "--out", tmp_path / "g.png", "--ray", "127.0.0.1:1")
+    r = cli("--workflow", tmp_path / "w.json", "--models", "a", "--out", tmp_path / "g.png", "--ray", "127.0.0.1:1")
     assert time.time() - t0 < 30
     assert r.returncode == 2 and "no Ray head answers there" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -100,27 +100,3 @@ def test_a_missing_model_tells_the_user_every_folder_searched(page, server, user
         shown = next((m for m in reversed(errors) if "sd3.5_large.safetensors" in m), "\n".join(errors))
     assert "sd3.5_large.safetensors is not in models/checkpoints (" in shown, shown
     assert "models/diffusion_models (" in shown and str(user_models / "diffusion_models") in shown, shown
-
-
-FIT_JS = """
-async () => {
-  const c = window.app.canvas;
-  c.deselectAll?.();
-  await window.app.extensionManager.command.execute('Comfy.Canvas.FitView');
-  await new Promise(r => setTimeout(r, 600));  // newer frontends animate the fit
-  c.draw(true, true);
-  return {scale: c.ds.scale, low: c.low_quality, w: c.canvas.clientWidth, h: c.canvas.clientHeight};
-}
-"""
-
-
-@pytest.mark.parametrize("ui_path", UI, ids=lambda p: p.stem)
-def test_template_fits_the_editor_above_the_low_quality_zoom(page, ui_path):
-    """Dropped on a 1400x900 editor and fitted to view (the frontend's own command), each template
-    is drawn with its text: litegraph's low-quality mode (boxes without text) stays off."""
-    text = ui_path.read_text()
-    page.evaluate(DROP_JS, [text, ui_path.name])
-    page.wait_for_function("(n) => window.app.graph._nodes.length === n", arg=len(json.loads(text)["nodes"]), timeout=20_000)
-    fit = page.evaluate(FIT_JS)
-    assert fit["w"] >= 1000, fit  # the canvas is the editor's, at the user's window size
-    assert not fit["low"], f"{ui_path.name}: fit-to-view zoom {fit['scale']:.2f} draws nodes without text ({fit})"
