@@ -21,7 +21,7 @@ from comfy_api.latest import io
 
 from ..sd35wb import folders, grid, simpletuner, sweep
 from . import _compat as C
-from . import schedulers
+from . import _lora, schedulers
 
 LOG = logging.getLogger("sd35-workbench")
 WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
@@ -69,6 +69,36 @@ def _file_identity(path: str) -> list:
     return [os.path.realpath(path), st.st_size, st.st_mtime_ns]
 
 
+def _axis_specs() -> dict[str, sweep.InputSpec]:
+    """The settings the node's ``axes`` can sweep, with the same limits as their widgets."""
+    return {"cfg": sweep.InputSpec("FLOAT", 0.0, 100.0), "steps": sweep.InputSpec("INT", 1, 10000),
+            "sampler_name": sweep.InputSpec("COMBO", options=tuple(comfy.samplers.KSampler.SAMPLERS)),
+            "scheduler": sweep.InputSpec("COMBO", options=tuple(comfy.samplers.KSampler.SCHEDULERS)),
+            "denoise": sweep.InputSpec("FLOAT", 0.0, 1.0)}
+
+
+def parse_node_axes(text: str) -> list[sweep.Axis]:
+    specs = _axis_specs()
+    out = []
+    for name, raw in sweep.parse_axes_text(text):
+        if name not in specs:
+            raise ValueError(f"axes: {name!r} is not a setting this node sweeps; use {', '.join(specs)} "
+                             "(e.g. cfg=3.5,4.5; steps=28,40)")
+        values = tuple(dict.fromkeys(sweep.coerce(v, specs[name], f"axes: {name}") for v in raw))
+        out.append(sweep.Axis(name, values))
+    return out
+
+
+def _base_identity(model) -> list:
+    """A cheap identity of the base model a LoRA sweep patches: its class, its patches, and the first
+    values of a few of its weights (so another base never reuses this one's cached renders)."""
+    sd = model.model.state_dict()
+    keys = sorted(sd)
+    picks = [k for k in keys[:2] + keys[-2:]]
+    return [type(model.model).__name__, sorted(map(str, getattr(model, "patches", {}).keys()))[:8],
+            *[_np(sd[k].flatten()[:4096]) for k in picks]]
+
+
 def cache_folder() -> str:
     """The render cache: the host's temp folder (emptied when ComfyUI starts)."""
     return os.path.join(folder_paths.get_temp_directory(), "sd35wb-sweep")
@@ -93,7 +123,7 @@ class CheckpointSweep(io.ComfyNode):
                                 tooltip="diffusion_models names, one per line (the linker's 'models' output, or typed)."),
                 io.Conditioning.Input("negative", tooltip="One negative conditioning for every prompt."),
                 io.Latent.Input("latent_image", tooltip="Size and batch: every image of the batch is a grid column."),
-                io.Vae.Input("vae"),
+                io.Vae.Input("vae", tooltip="Decodes every render (for SD3.5, the VAE inside sd3.5_medium.safetensors)."),
                 io.String.Input("prompts", multiline=True, default="",
                                 tooltip="Positive prompts, one per line (# starts a comment): the ones the run was trained "
                                         "for and a few held out. Needs 'clip'. Empty: the 'positive' input is the one prompt."),
@@ -127,6 +157,22 @@ class CheckpointSweep(io.ComfyNode):
                 io.Int.Input("page_width", default=grid.MAX_PAGE, min=256, max=16384,
                              tooltip="Widest grid page in pixels; more columns continue on further pages (the grid "
                                      "output's batch)."),
+                io.Model.Input("model", optional=True,
+                               tooltip="A LoRA run: connect the base model here (e.g. UNETLoader with "
+                                       "sd3.5_medium.safetensors) and list the run's LoRA files (models/loras, the "
+                                       "linker's 'loras' output) in 'models'. The base is loaded once; each LoRA is "
+                                       "patched on a copy, as LoraLoaderModelOnly does. Not connected: 'models' are "
+                                       "full checkpoints."),
+                io.String.Input("strengths", default="1.0",
+                                tooltip="LoRA sweeps only: the LoRA strengths to render, e.g. 0.6, 0.8, 1.0 (one grid "
+                                        "row per LoRA x strength; 0 renders the base model)."),
+                io.String.Input("axes", multiline=True, default="",
+                                tooltip="More settings to compare, as grid columns: e.g. 'cfg=3.5,4.5; steps=28,40; "
+                                        "sampler_name=euler,dpmpp_2m'. Sweepable: cfg, steps, sampler_name, scheduler, "
+                                        "denoise. A swept setting replaces its widget's value; the report says so."),
+                io.Int.Input("max_images", **C.advanced(), default=sweep.DEFAULT_MAX_IMAGES, min=1, max=100000,
+                             tooltip="A plan of more images than this is refused before anything renders (the "
+                                     "report and the error say how many); raise it for a bigger sweep."),
             ],
             outputs=[
                 io.Image.Output("images", display_name="images",
@@ -134,6 +180,9 @@ class CheckpointSweep(io.ComfyNode):
                 io.Image.Output("grid", display_name="grid",
                                 tooltip="The labelled grid; one image per page (pages padded to one size)."),
                 io.String.Output("labels", display_name="labels", tooltip="The row labels (checkpoints), one per line."),
+                io.String.Output("report", display_name="report",
+                                 tooltip="The plan (images, model loads, LoRA patches), the settings used, every "
+                                         "swept value and why a row failed."),
             ],
         )
 
@@ -142,21 +191,29 @@ class CheckpointSweep(io.ComfyNode):
                 seed: int = 0, seed_count: int = 1, steps: int = 28, cfg: float = 5.0, sampler_name: str = "dpmpp_2m",
                 scheduler: str = "sgm_uniform", denoise: float = 1.0, weight_dtype: str = "default",
                 order: str = "numeric", validation_images: bool = False, max_tile: int = grid.MAX_TILE,
-                page_width: int = grid.MAX_PAGE) -> io.NodeOutput:
+                page_width: int = grid.MAX_PAGE, model=None, strengths: str = "1.0", axes: str = "",
+                max_images: int = sweep.DEFAULT_MAX_IMAGES) -> io.NodeOutput:
+        lora = model is not None
+        folder = "loras" if lora else "diffusion_models"
         names = sweep.parse_model_list(models)
         if not names:
-            raise ValueError("models: no model names; connect the linker's 'models' output or list diffusion_models names")
+            raise ValueError("models: no model names; connect the linker's 'models' (or 'loras', with a base 'model') "
+                             "output or list file names")
         if order == "numeric":
             names = simpletuner.natural_sorted(names)
         bad = [n for n in names if not n.lower().endswith(".safetensors")]
         if bad:
             raise ValueError(f"models: only .safetensors files are loaded, not {', '.join(bad)}")
-        paths = {n: folder_paths.get_full_path("diffusion_models", n) for n in names}
+        paths = {n: folder_paths.get_full_path(folder, n) for n in names}
         missing = [n for n, p in paths.items() if not p]
         if missing:
-            raise ValueError(folders.not_found("models", ", ".join(missing),
-                                               {"diffusion_models": folder_paths.get_folder_paths("diffusion_models")},
-                                               "Run the SimpleTuner linker (or press Sync now) so they are linked, or fix the names."))
+            hint = ("With a base 'model' connected these are LoRA files; disconnect 'model' to sweep full checkpoints. "
+                    if lora else "")
+            raise ValueError(folders.not_found("models", ", ".join(missing), {folder: folder_paths.get_folder_paths(folder)},
+                                               hint + "Run the SimpleTuner linker (or press Sync now) so they are "
+                                               "linked, or fix the names."))
+        weights = sweep.parse_strengths(strengths, "strengths") if lora else None
+        swept = parse_node_axes(axes)
         if prompts.strip():
             texts = sweep.parse_prompt_list(prompts)
             if clip is None:
@@ -167,7 +224,11 @@ class CheckpointSweep(io.ComfyNode):
         else:
             raise ValueError("prompts: the prompt list is empty and no 'positive' is connected; give one prompt per "
                              "line (with a 'clip'), or connect a positive conditioning")
-        skipped = sweep.family_problems(paths)
+        seeds = [seed + k for k in range(seed_count)]
+        cells = sweep.plan(names, texts or ["(positive input)"], seeds, weights, swept)
+        size = sweep.plan_size(cells, lora, latent_image["samples"].shape[0])
+        sweep.check_size(size, max_images, "raise max_images on the node (advanced inputs)")
+        skipped = {} if lora else sweep.family_problems(paths)
         if len(skipped) == len(names):
             raise ValueError("models: none of them is a diffusion model this sweep can render: " +
                              "; ".join(f"{sweep.model_label(n)}: {why}" for n, why in skipped.items()))
@@ -177,77 +238,129 @@ class CheckpointSweep(io.ComfyNode):
             conds = [clip.encode_from_tokens_scheduled(clip.tokenize(t)) for t in texts]
         else:
             texts, conds = ["(positive input)"], [positive]
-        seeds = [seed + k for k in range(seed_count)]
-        cells = sweep.plan(names, texts, seeds)
+        fixed = dict(steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, denoise=denoise)
+
+        def settings(c) -> dict:
+            return {**fixed, **dict(c.axes)}
+
         mm = comfy.model_management
         lat = latent_image["samples"]
         base = [_cond_fingerprint(negative), sweep.fingerprint(_np(lat)), _np(latent_image.get("noise_mask")),
-                latent_image.get("batch_index"), steps, cfg, sampler_name, scheduler, denoise, weight_dtype,
-                "auto-prediction-1"]
+                latent_image.get("batch_index"), weight_dtype, "auto-prediction-1"]
+        if lora:
+            base.append(sweep.fingerprint(*_base_identity(model)))
         cond_fp = [_cond_fingerprint(c) for c in conds]
         cache = sweep.RenderCache(cache_folder())
         todo = [c for c in cells if c.model not in skipped]
-        pbar = comfy.utils.ProgressBar(len(todo) * steps)
-        done = 0
-        samples: dict[sweep.Cell, torch.Tensor | str] = {}
+        total = sum(settings(c)["steps"] for c in todo)
+        pbar = comfy.utils.ProgressBar(max(1, total))
+        done_steps = 0
+        samples: dict[sweep.Cell, torch.Tensor] = {}
+        stats = {"rendered": 0, "reused": 0, "patches": 0, "loads": 0}
         for name in names:
             if name in skipped:
                 continue
             mine = [c for c in todo if c.model == name]
-            keys = {c: sweep.fingerprint(_file_identity(paths[name]), cond_fp[c.prompt_index], c.seed, *base) for c in mine}
+            keys = {c: sweep.fingerprint(_file_identity(paths[name]), cond_fp[c.prompt_index], c.seed, c.strength,
+                                         sorted(settings(c).items()), *base) for c in mine}
             for c in mine:
                 hit = cache.get(keys[c])
                 if hit is not None:
                     samples[c] = torch.from_numpy(hit)
-                    done += 1
-                    pbar.update_absolute(done * steps)
+                    stats["reused"] += 1
+                    done_steps += settings(c)["steps"]
+                    pbar.update_absolute(done_steps)
             fresh = [c for c in mine if c not in samples]
             if not fresh:
                 continue
             mm.throw_exception_if_processing_interrupted()
+            loaded = None
             try:
-                model = load_checkpoint(paths[name], weight_dtype)
-            except Exception as e:  # noqa: BLE001 - one unloadable checkpoint must not stop the sweep
+                if lora:
+                    lora_sd = _lora.load(paths[name])
+                    match = _lora.check(model, None, lora_sd, name)
+                    if not match.ok():
+                        raise _lora.LoraMismatch(_lora.L.mismatch_message(match, "the base model"), match)
+                else:
+                    loaded = load_checkpoint(paths[name], weight_dtype)
+                    stats["loads"] += 1
+            except Exception as e:  # noqa: BLE001 - one unloadable checkpoint or LoRA must not stop the sweep
                 LOG.warning("[sd35-workbench] sweep: %s did not load: %s", name, e)
-                skipped[name] = f"did not load: {type(e).__name__}: {e}"
-                done += len(fresh)
+                skipped[name] = str(e) if isinstance(e, _lora.LoraMismatch) else f"did not load: {type(e).__name__}: {e}"
+                done_steps += sum(settings(c)["steps"] for c in fresh)
+                pbar.update_absolute(done_steps)
                 continue
             try:
-                x = comfy.sample.fix_empty_latent_channels(model, lat)
-                for c in fresh:
-                    mm.throw_exception_if_processing_interrupted()  # Cancel between images keeps the finished ones
-                    noise = comfy.sample.prepare_noise(x, c.seed, latent_image.get("batch_index"))
+                for strength in dict.fromkeys(c.strength for c in fresh):
+                    if lora:
+                        m, _ = _lora.apply(model, None, lora_sd, strength, 0.0, name)
+                        stats["patches"] += m is not model
+                    else:
+                        m = loaded
+                    x = comfy.sample.fix_empty_latent_channels(m, lat)
+                    for c in [c for c in fresh if c.strength == strength]:
+                        mm.throw_exception_if_processing_interrupted()  # Cancel between images keeps the finished ones
+                        st = settings(c)
+                        noise = comfy.sample.prepare_noise(x, c.seed, latent_image.get("batch_index"))
 
-                    def callback(step, x0, x_, total, _base=done * steps):
-                        pbar.update_absolute(_base + step + 1)
+                        def callback(step, x0, x_, total_steps, _base=done_steps):
+                            pbar.update_absolute(_base + step + 1)
 
-                    out = comfy.sample.sample(
-                        model, noise, steps, cfg, sampler_name, scheduler, conds[c.prompt_index], negative, x,
-                        denoise=denoise, noise_mask=latent_image.get("noise_mask"), callback=callback,
-                        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=c.seed)
-                    out = out.detach().float().cpu()
-                    cache.put(keys[c], out.numpy())
-                    samples[c] = out
-                    done += 1
-                    pbar.update_absolute(done * steps)
+                        out = comfy.sample.sample(
+                            m, noise, st["steps"], st["cfg"], st["sampler_name"], st["scheduler"],
+                            conds[c.prompt_index], negative, x, denoise=st["denoise"],
+                            noise_mask=latent_image.get("noise_mask"), callback=callback,
+                            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=c.seed)
+                        out = out.detach().float().cpu()
+                        cache.put(keys[c], out.numpy())
+                        samples[c] = out
+                        stats["rendered"] += 1
+                        done_steps += st["steps"]
+                        pbar.update_absolute(done_steps)
+                    del m
             except (mm.InterruptProcessingException, torch.OutOfMemoryError):
                 raise
             except Exception as e:  # noqa: BLE001 - e.g. a checkpoint whose shapes do not fit the conditioning
                 LOG.warning("[sd35-workbench] sweep: %s failed while sampling: %s", name, e)
                 skipped[name] = f"failed while sampling: {type(e).__name__}: {e}"
-                done = sum(1 for c in todo if c in samples) + sum(1 for c in todo if c.model in skipped)
-                pbar.update_absolute(done * steps)
+                done_steps = sum(settings(c)["steps"] for c in todo if c in samples or c.model in skipped)
+                pbar.update_absolute(done_steps)
             finally:
-                _unload(model)
-                del model
-                mm.cleanup_models_gc()
-                mm.soft_empty_cache()
-            LOG.info("[sd35-workbench] sweep %d/%d images: %s", done, len(todo), name)
-        return io.NodeOutput(*cls._draw(names, texts, seeds, cells, samples, skipped, vae, paths, validation_images,
-                                        max_tile, page_width))
+                if loaded is not None:  # the sweep's own checkpoint; a LoRA sweep's base is the user's
+                    _unload(loaded)
+                    del loaded
+                    mm.cleanup_models_gc()
+                    mm.soft_empty_cache()
+            LOG.info("[sd35-workbench] sweep %d/%d images: %s", len(samples), len(todo), name)
+        report = cls._report(size, lora, names, weights, swept, fixed, skipped, stats, len(seeds), len(texts))
+        images, grid_t, labels = cls._draw(names, texts, seeds, cells, samples, skipped, vae, paths, validation_images,
+                                           max_tile, page_width, swept)
+        return io.NodeOutput(images, grid_t, labels, report, ui={"text": [report]})
+
+    @staticmethod
+    def _report(size, lora, names, weights, swept, fixed, skipped, stats, n_seeds, n_prompts) -> str:
+        what = "LoRA checkpoints" if lora else "checkpoints"
+        parts = [f"{len(names)} {what}"] + ([f"{len(weights)} strengths"] if weights else [])
+        parts += [f"{n_prompts} prompts", f"{n_seeds} seeds"] + [f"{len(a.values)} {a.name}" for a in swept]
+        lines = [f"{size.describe()}: {' x '.join(parts)}"]
+        if lora:
+            lines.append(f"base model: the connected 'model', loaded once; {stats['patches']} LoRA patch(es) applied "
+                         f"on copies (strength 0 = the base itself)")
+        else:
+            lines.append(f"checkpoint loads this run: {stats['loads']} (one at a time, each unloaded after its images)")
+        sw = {a.name for a in swept}
+        lines.append("settings: " + ", ".join(f"{k} {sweep.format_value(v)}" + (" (widget; swept in axes)" if k in sw else "")
+                                              for k, v in fixed.items()))
+        for a in swept:
+            lines.append(f"axis {a.name}: {', '.join(map(sweep.format_value, a.values))}")
+        lines.append(f"rendered {stats['rendered']}, reused from the render cache {stats['reused']}")
+        for n, why in skipped.items():
+            lines.append(f"row {sweep.model_label(n)}: {why}")
+        return "\n".join(lines)
 
     @classmethod
-    def _draw(cls, names, texts, seeds, cells, samples, skipped, vae, paths, with_validation, max_tile, page_width):
+    def _draw(cls, names, texts, seeds, cells, samples, skipped, vae, paths, with_validation, max_tile, page_width,
+              swept=()):
         decoded = {}
         for c in cells:
             if c in samples:
@@ -257,28 +370,34 @@ class CheckpointSweep(io.ComfyNode):
             raise ValueError("models: no checkpoint rendered: " +
                              "; ".join(f"{sweep.model_label(n)}: {why}" for n, why in skipped.items()))
         batch = max(t.shape[0] for t in decoded.values())
+        row_keys = list(dict.fromkeys(c.row for c in cells))
+        combos = list(dict.fromkeys(c.axes for c in cells))
+        by = {(c.row, c.prompt_index, c.seed, c.axes): c for c in cells}
         rows = []
-        for n in names:
+        for rk in row_keys:
             row = []
             for i in range(len(texts)):
                 for s in seeds:
-                    t = decoded.get(sweep.Cell(n, i, texts[i], s))
-                    for b in range(batch):
-                        row.append(t[b].numpy() if t is not None and b < t.shape[0] else
-                                   grid.Note(skipped[n]) if n in skipped and not row else None)
+                    for a in combos:
+                        t = decoded.get(by.get((rk, i, s, a)))
+                        for b in range(batch):
+                            row.append(t[b].numpy() if t is not None and b < t.shape[0] else
+                                       grid.Note(skipped[rk[0]]) if rk[0] in skipped and not row else None)
             rows.append(row)
-        labels = sweep.labels_for(names)
-        cols = sweep.column_labels(texts, seeds, batch)
+        labels = dict(zip(names, sweep.labels_for(names)))
+        row_labels = [labels[n] for n, _ in row_keys]
+        cols = sweep.column_labels(texts, seeds, batch, list(swept))
         if with_validation:
-            vlabels, vcells = sweep.validation_columns(labels, [sweep.run_dir_of(paths[n]) for n in names])
+            vlabels, vcells = sweep.validation_columns(row_labels, [sweep.run_dir_of(paths[n]) for n, _ in row_keys])
             cols += vlabels
             rows = [r + v for r, v in zip(rows, vcells)]
         first = next(iter(decoded.values()))
-        pages = grid.sweep_pages(rows, [grid.step_label(s) for s in labels], cols,
+        pages = grid.sweep_pages(rows, [sweep.row_label(lb, st) for lb, (_, st) in zip(row_labels, row_keys)], cols,
                                  grid.tile_size([(first.shape[2], first.shape[1])], max_tile), max_width=page_width)
         grid_t = torch.stack([torch.from_numpy(grid.to_array(p)) for p in grid.same_size(pages)])
         images = torch.cat([decoded[c] for c in cells if c in decoded], dim=0)
-        return images, grid_t, "\n".join(labels)
+        text = [lb if st is None else f"{lb} @ {sweep.format_value(st)}" for lb, (_, st) in zip(row_labels, row_keys)]
+        return images, grid_t, "\n".join(text)
 
 
 NODES = [CheckpointSweep]
