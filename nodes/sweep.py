@@ -157,20 +157,21 @@ class CheckpointSweep(io.ComfyNode):
                 io.Int.Input("page_width", default=grid.MAX_PAGE, min=256, max=16384,
                              tooltip="Widest grid page in pixels; more columns continue on further pages (the grid "
                                      "output's batch)."),
+                # Appended, and optional: saved workflows and API prompts from before keep their widget order and validate.
                 io.Model.Input("model", optional=True,
                                tooltip="A LoRA run: connect the base model here (e.g. UNETLoader with "
                                        "sd3.5_medium.safetensors) and list the run's LoRA files (models/loras, the "
                                        "linker's 'loras' output) in 'models'. The base is loaded once; each LoRA is "
                                        "patched on a copy, as LoraLoaderModelOnly does. Not connected: 'models' are "
                                        "full checkpoints."),
-                io.String.Input("strengths", default="1.0",
+                io.String.Input("strengths", default="1.0", optional=True,
                                 tooltip="LoRA sweeps only: the LoRA strengths to render, e.g. 0.6, 0.8, 1.0 (one grid "
                                         "row per LoRA x strength; 0 renders the base model)."),
-                io.String.Input("axes", multiline=True, default="",
+                io.String.Input("axes", multiline=True, default="", optional=True,
                                 tooltip="More settings to compare, as grid columns: e.g. 'cfg=3.5,4.5; steps=28,40; "
                                         "sampler_name=euler,dpmpp_2m'. Sweepable: cfg, steps, sampler_name, scheduler, "
                                         "denoise. A swept setting replaces its widget's value; the report says so."),
-                io.Int.Input("max_images", **C.advanced(), default=sweep.DEFAULT_MAX_IMAGES, min=1, max=100000,
+                io.Int.Input("max_images", **C.advanced(), default=sweep.DEFAULT_MAX_IMAGES, min=1, max=100000, optional=True,
                              tooltip="A plan of more images than this is refused before anything renders (the "
                                      "report and the error say how many); raise it for a bigger sweep."),
             ],

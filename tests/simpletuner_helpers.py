@@ -28,6 +28,12 @@ def tiny(prompt: dict, px: int = 64, steps: int = 2, prefix: str = "st_test") ->
                       "inputs": {"family": "sd3", "seed": next(seeds), "width": px, "height": px}}
         elif ct == "VAELoader":
             inp["vae_name"] = "taesd3"
+        elif ct == "CheckpointLoaderSimple":  # the templates read only its VAE (output 2): taesd3 instead
+            p[nid] = {"class_type": "VAELoader", "inputs": {"vae_name": "taesd3"}}
+            for other in p.values():
+                for k, v in other["inputs"].items():
+                    if v == [nid, 2]:
+                        other["inputs"][k] = [nid, 0]
         elif ct == "EmptySD3LatentImage":
             inp.update(width=px, height=px, batch_size=1)
         elif ct in ("KSampler", "SD35WB_CheckpointSweep"):
