@@ -1,0 +1,62 @@
+"""API tier: ``python -m sd35wb.sweep --lora-run`` against a real ComfyUI on 127.0.0.1: a LoRA run's
+checkpoints x strengths through the workflow's LoraLoaderModelOnly, with the server's own loads
+counted: ComfyUI keeps the base model loaded while only the LoRA changes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+from PIL import Image
+from sweep_helpers import cli
+
+from tools import lora_fixtures
+
+RUN = "cli-lora-run"
+
+
+def _workflow(path):
+    p = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-sd35m.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0], "lora_name": "any.safetensors",
+                                                               "strength_model": 1.0}},
+        "3": {"class_type": "SD35WBTest_Conditioning", "inputs": {"family": "sd3", "seed": 1, "width": 64, "height": 64}},
+        "4": {"class_type": "SD35WBTest_Conditioning", "inputs": {"family": "sd3", "seed": 2, "width": 64, "height": 64}},
+        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["4", 0],
+                                                   "latent_image": ["5", 0], "seed": 5, "steps": 2, "cfg": 4.0,
+                                                   "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
+        "7": {"class_type": "VAELoader", "inputs": {"vae_name": "taesd3"}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["7", 0]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "lora_sweep"}},
+    }
+    path.write_text(json.dumps(p))
+    return path
+
+
+def test_lora_run_sweep_keeps_the_base_loaded_on_the_server(server, user_models, tmp_path):
+    files = lora_fixtures.build_all()
+    run = user_models / "loras" / RUN
+    run.mkdir(parents=True, exist_ok=True)
+    for step, name in ((100, "sd3-peft"), (200, "sd3-simpletuner-comfyui")):
+        shutil.copyfile(files[name], run / f"checkpoint-{step}.safetensors")
+    wf = _workflow(tmp_path / "lora.json")
+    out = tmp_path / "lora.png"
+    before = server.log().count("model_type FLOW")
+    r = cli("--workflow", wf, "--lora-run", RUN, "--strengths", "0,0.7", "--server", server.url, "--out", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 LoRA checkpoints x 2 strengths x 1 prompts x 1 seeds = 4 images" in r.stdout
+    assert "the base model once per server" in r.stdout and "2 LoRA patch(es)" in r.stdout
+    loads = server.log().count("model_type FLOW")  # ComfyUI logs this once per diffusion model it builds from a file
+    assert loads >= 1, "the server has loaded the base at some point (else this count proves nothing)"
+    assert loads - before <= 1, "the base diffusion model was loaded more than once"
+    state = json.loads(out.with_name("lora.sweep.json").read_text())["cells"]
+    imgs = {(e["model"], e["strength"]): np.asarray(Image.open(tmp_path / e["files"][0]).convert("RGB"))
+            for e in state.values()}
+    assert set(imgs) == {(f"{RUN}/checkpoint-{s}.safetensors", w) for s in (100, 200) for w in (0.0, 0.7)}
+    a0, b0 = imgs[(f"{RUN}/checkpoint-100.safetensors", 0.0)], imgs[(f"{RUN}/checkpoint-200.safetensors", 0.0)]
+    assert np.array_equal(a0, b0), "strength 0 renders the base, whichever LoRA"
+    assert not np.array_equal(a0, imgs[(f"{RUN}/checkpoint-100.safetensors", 0.7)])
+    page = np.asarray(Image.open(out).convert("RGB"))
+    assert page.shape[0] > 4 * 64, "4 rows: LoRA checkpoint x strength"
