@@ -38,3 +38,13 @@ def conds(host):
     from testnodes import make_conditioning
 
     return make_conditioning("sd3", 1), make_conditioning("sd3", 2)
+
+
+@pytest.fixture(scope="module")
+def cold_render_cache(host, tmp_path_factory):
+    """The sweep's render cache starts empty in a module that asks for it, as on a user's first sweep."""
+    fp = host.folder_paths
+    saved = fp.get_temp_directory()
+    fp.set_temp_directory(str(tmp_path_factory.mktemp("sweep-temp")))
+    yield
+    fp.set_temp_directory(saved)

@@ -19,20 +19,10 @@ from sd35wb import grid
 from tools import sd35_fixtures
 from tools import simpletuner_fixtures as stf
 
-pytestmark = pytest.mark.usefixtures("training_roots_env")
+pytestmark = pytest.mark.usefixtures("training_roots_env", "cold_render_cache")
 
 RUN = "host-sweep"
 PX = 64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cold_render_cache(host, tmp_path_factory):
-    """The sweep's render cache starts empty in this module, as on a user's first sweep."""
-    fp = host.folder_paths
-    saved = fp.get_temp_directory()
-    fp.set_temp_directory(str(tmp_path_factory.mktemp("sweep-temp")))
-    yield
-    fp.set_temp_directory(saved)
 
 
 @pytest.fixture(scope="module", autouse=True)

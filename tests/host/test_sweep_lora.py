@@ -17,15 +17,7 @@ from testnodes import make_conditioning
 from tools import lora_fixtures
 
 PX = 64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cold_render_cache(host, tmp_path_factory):
-    fp = host.folder_paths
-    saved = fp.get_temp_directory()
-    fp.set_temp_directory(str(tmp_path_factory.mktemp("sweep-lora-temp")))
-    yield
-    fp.set_temp_directory(saved)
+pytestmark = pytest.mark.usefixtures("cold_render_cache")
 
 
 @pytest.fixture(scope="module")
