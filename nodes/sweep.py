@@ -402,3 +402,34 @@ class CheckpointSweep(io.ComfyNode):
 
 
 NODES = [CheckpointSweep]
+
+
+def check_lora_for_model(lora_name: str, model_name: str) -> dict:
+    """What ``/sd35wb/lora/check`` answers: whether a LoRA's modules all land on a diffusion model,
+    from the two files' headers (no weights read). ValueError names the bad field."""
+    lora_path = folder_paths.get_full_path("loras", lora_name) if lora_name else None
+    if not lora_path:
+        raise ValueError(f"lora: {lora_name!r} is not in models/loras; give a name from the loras list")
+    model_path = folder_paths.get_full_path("diffusion_models", model_name) if model_name else None
+    if not model_path:
+        raise ValueError(f"model: {model_name!r} is not in models/diffusion_models; give the base's unet_name")
+    m = _lora.check_file(lora_path, model_path)
+    msg = m.describe() if m.ok() else _lora.L.mismatch_message(m, model_name)
+    return {"ok": m.ok(), "modules": m.modules, "matched": m.matched, "message": msg}
+
+
+def register_routes(server) -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    @server.routes.get("/sd35wb/lora/check")
+    async def lora_check(request):
+        q = request.rel_url.query
+        try:
+            doc = await asyncio.get_running_loop().run_in_executor(None, check_lora_for_model, q.get("lora", ""),
+                                                                   q.get("model", ""))
+        except (ValueError, OSError) as e:  # a name not listed, or a file that cannot be read: the request's
+            field = str(e).split(":", 1)[0] if isinstance(e, ValueError) else "lora"
+            return web.json_response({"error": str(e), "field": field}, status=400)
+        return web.json_response(doc)

@@ -126,6 +126,20 @@ class Server:
             raise ValueError(f"{self.url}: the server has no {class_type}.{inp} list")
         return list(spec[1]["options"] if isinstance(spec[0], str) else spec[0])
 
+    def lora_check(self, lora: str, model: str) -> dict | None:
+        """The pack's check of a LoRA against the base model (``/sd35wb/lora/check``); None on a
+        server without the pack."""
+        q = urllib.parse.urlencode({"lora": lora, "model": model})
+        try:
+            return self.get_json(f"/sd35wb/lora/check?{q}")
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return None
+            try:
+                return {"ok": False, "message": json.loads(e.read()).get("error", f"HTTP {e.code}")}
+            except ValueError:
+                return {"ok": False, "message": f"HTTP {e.code}"}
+
     def diffusion_models(self) -> list[str]:
         return self.file_list("UNETLoader", "unet_name")
 

@@ -19,7 +19,16 @@ from pathlib import Path
 from .client import PromptError, Result, Server, ServerGone, output_images
 from .plan import DEFAULT_MAX_IMAGES, Axis, Cell, PlanSize, check_size, fingerprint, format_value, labels_for, plan, plan_size
 from .state import SweepState
-from .workflow import Edits, find_loader, find_lora_loader, find_prompt, find_seed, resolve_axes, workflow_signature
+from .workflow import (
+    Edits,
+    find_base_model,
+    find_loader,
+    find_lora_loader,
+    find_prompt,
+    find_seed,
+    resolve_axes,
+    workflow_signature,
+)
 
 
 @dataclass
@@ -122,6 +131,31 @@ class Sweep:
         return (f"sweep: {' x '.join(parts)} = {s.images} images over {len(self.servers)} server(s); {loads}"
                 + (f"; {s.lora_patches} LoRA patch(es)" if s.lora_patches else ""))
 
+    def check_loras(self, groups: list[tuple[str, list[Cell]]]) -> list[tuple[str, list[Cell]]]:
+        """A LoRA sweep asks the first server (the pack's route) whether each LoRA fits the workflow's
+        base model; one that does not is a row error instead of an unchanged image. A server without
+        the pack cannot tell: said once, and the sweep goes on."""
+        base = find_base_model(self.prompt, self.lora)
+        if base is None:
+            self.say("note: the LoRA loader's model is not a UNETLoader file, so LoRAs are not checked against it")
+            return groups
+        keep = []
+        for model, cells in groups:
+            doc = self.servers[0].lora_check(model, base)
+            if doc is None:
+                self.say(f"note: {self.servers[0].url} has no SD3.5 Workbench pack: a LoRA that matches nothing of "
+                         f"{base} would render the base unchanged (ComfyUI only logs 'lora key not loaded')")
+                return groups
+            if doc.get("ok"):
+                keep.append((model, cells))
+                continue
+            for c in cells:
+                if c.strength == 0:  # strength 0 is the base itself, fit or not
+                    keep.append((model, [c]))
+                else:
+                    self.fail(c, doc.get("message", "does not fit the base model"), self.servers[0].url)
+        return keep
+
     def key(self, cell: Cell) -> str:
         return fingerprint(self.signature, cell.model, cell.prompt, cell.seed, *cell.key_parts())
 
@@ -217,14 +251,17 @@ class Sweep:
                     self.result.reused += 1
                 else:
                     todo.setdefault(cell.model, []).append(cell)
-            n_todo = sum(map(len, todo.values()))
+            groups = list(todo.items())
+            if self.lora:
+                groups = self.check_loras(groups)
+            n_todo = sum(len(c) for _, c in groups)
             self.say(self.describe_plan())
             if self.result.reused:
                 self.say(f"resume: {self.result.reused} of {self.total} images already rendered ({self.state.path.name});"
                          f" rendering the other {n_todo}")
             self._t0 = time.time()
             try:
-                left = dispatch(self, list(todo.items()))
+                left = dispatch(self, groups)
             except KeyboardInterrupt:
                 self.cancel()
                 raise

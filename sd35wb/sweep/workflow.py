@@ -70,6 +70,16 @@ def find_lora_loader(prompt: dict, node_id: str | None = None) -> str:
     return found[0]
 
 
+def find_base_model(prompt: dict, lora_node: str) -> str | None:
+    """The diffusion-model file a LoRA loader patches, when its ``model`` comes straight from a loader."""
+    link = prompt[lora_node]["inputs"].get("model")
+    src = prompt.get(str(link[0])) if isinstance(link, list) else None
+    if src is None:
+        return None
+    value = src.get("inputs", {}).get(LOADERS.get(src.get("class_type"), "unet_name"))
+    return value if isinstance(value, str) else None
+
+
 def find_seed(prompt: dict, node_id: str | None = None) -> tuple[str, str]:
     """(node id, input name) of the sampler's seed (``seed`` or ``noise_seed``)."""
     def key_of(node: dict) -> str | None:
