@@ -77,3 +77,23 @@ def wait_for(proc, pattern, lines, timeout=600):
         if pattern(line):
             return line
     raise AssertionError("never saw the line; output:\n" + "".join(lines))
+
+
+def interrupt_then_resume(server, args: list, out: Path, total: int, why: str) -> None:
+    """Ctrl-C the CLI after its 2nd image, then run the same command again: it resumes what is on
+    disk and queues only the missing cells."""
+    proc = cli(*args, popen=True)
+    lines = []
+    wait_for(proc, lambda s: s.startswith(f"[2/{total}]"), lines)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(lines) + rest
+    wait_idle(server)
+    done = len(json.loads(out.with_name(out.stem + ".sweep.json").read_text())["cells"])
+    assert 2 <= done < total
+    before = executed(server)
+    r = cli(*args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"resume: {done} of {total} images already rendered" in r.stdout
+    assert executed(server) - before == total - done, why
+    assert len(list(out.with_name(out.stem + "-images").glob("*.png"))) == total

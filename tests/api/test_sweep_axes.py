@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
-from sweep_helpers import PX, cli, executed, wait_for, wait_idle, workflow
+from sweep_helpers import PX, cli, executed, interrupt_then_resume, workflow
 
 from sd35wb.sweep import Server, output_images
 
@@ -118,20 +117,6 @@ def test_ctrl_c_then_resume_is_keyed_on_every_axis_value(server, linked, clip_li
     out = tmp_path / "resume.png"
     args = ["--workflow", wf, "--models", ",".join(linked[:2]), "--seeds", "1", "--axis", "KSampler.cfg=1,2,3",
             "--server", server.url, "--out", out]
-    proc = cli(*args, popen=True)
-    lines = []
-    wait_for(proc, lambda s: s.startswith("[2/6]"), lines)
-    proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, "".join(lines) + rest
-    wait_idle(server)
-    done = len(json.loads(out.with_name("resume.sweep.json").read_text())["cells"])
-    assert 2 <= done < 6
-    before = executed(server)
-    r = cli(*args)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert f"resume: {done} of 6 images already rendered" in r.stdout
-    assert executed(server) - before == 6 - done, "only the missing axis values were queued"
-    assert len(list((tmp_path / "resume-images").glob("*.png"))) == 6
+    interrupt_then_resume(server, args, out, 6, "only the missing axis values were queued")
     again = cli(*args[:4], "--seeds", "1", "--axis", "KSampler.cfg=1,2,3,4", "--server", server.url, "--out", out)
     assert again.returncode == 0 and "resume: 6 of 8 images already rendered" in again.stdout, again.stdout

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 
 import numpy as np
 from PIL import Image
-from sweep_helpers import cli, executed, wait_for, wait_idle
+from sweep_helpers import cli, interrupt_then_resume
 
 from tools import lora_fixtures
 
@@ -86,18 +85,4 @@ def test_ctrl_c_then_resume_of_a_lora_sweep_renders_only_what_is_missing(server,
     out = tmp_path / "resume.png"
     args = ["--workflow", wf, "--lora-run", f"{RUN}-resume", "--strengths", "0.5,1", "--seeds", "1,2",
             "--server", server.url, "--out", out]
-    proc = cli(*args, popen=True)
-    lines = []
-    wait_for(proc, lambda s: s.startswith("[2/8]"), lines)
-    proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, "".join(lines) + rest
-    wait_idle(server)
-    done = len(json.loads(out.with_name("resume.sweep.json").read_text())["cells"])
-    assert 2 <= done < 8
-    before = executed(server)
-    r = cli(*args)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert f"resume: {done} of 8 images already rendered" in r.stdout
-    assert executed(server) - before == 8 - done, "only the missing LoRA x strength x seed cells were queued"
-    assert len(list((tmp_path / "resume-images").glob("*.png"))) == 8
+    interrupt_then_resume(server, args, out, 8, "only the missing LoRA x strength x seed cells were queued")
