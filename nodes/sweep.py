@@ -94,9 +94,8 @@ def _base_identity(model) -> list:
     values of a few of its weights (so another base never reuses this one's cached renders)."""
     sd = model.model.state_dict()
     keys = sorted(sd)
-    picks = [k for k in keys[:2] + keys[-2:]]
     return [type(model.model).__name__, sorted(map(str, getattr(model, "patches", {}).keys()))[:8],
-            *[_np(sd[k].flatten()[:4096]) for k in picks]]
+            *[_np(sd[k].flatten()[:4096]) for k in keys[:2] + keys[-2:]]]
 
 
 def cache_folder() -> str:

@@ -99,9 +99,7 @@ class Sweep:
     def prepare(self) -> PlanSize:
         """Type the axes against the first server's ``/object_info`` and size the plan: every bad
         argument is an error here, before anything is queued."""
-        taken = []
-        for nid, inp in self.edits.changed(self.prompt, []):
-            taken.append((nid, inp))
+        taken = self.edits.changed(self.prompt, [])
         cache: dict[str, dict] = {}
 
         def info(class_type: str) -> dict:
