@@ -20,11 +20,15 @@ import torch
 from comfy_api.latest import io
 
 from ..sd35wb import folders, grid, simpletuner, sweep
+from ..sd35wb import slg as S
 from . import _compat as C
 from . import _lora, schedulers
+from . import slg as slg_node
 
 LOG = logging.getLogger("sd35-workbench")
 WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+SLG_CHOICES = ["off", *(n for n in slg_node.PRESET_NAMES if n != "off")]
+SLG_FIELDS = ("layers", "scale", "start", "end", "gating")
 
 
 def _model_options(weight_dtype: str) -> dict:
@@ -74,7 +78,36 @@ def _axis_specs() -> dict[str, sweep.InputSpec]:
     return {"cfg": sweep.InputSpec("FLOAT", 0.0, 100.0), "steps": sweep.InputSpec("INT", 1, 10000),
             "sampler_name": sweep.InputSpec("COMBO", options=tuple(comfy.samplers.KSampler.SAMPLERS)),
             "scheduler": sweep.InputSpec("COMBO", options=tuple(comfy.samplers.KSampler.SCHEDULERS)),
-            "denoise": sweep.InputSpec("FLOAT", 0.0, 1.0)}
+            "denoise": sweep.InputSpec("FLOAT", 0.0, 1.0),
+            "slg_layers": sweep.InputSpec("STRING"), "slg_scale": sweep.InputSpec("FLOAT", 0.0, 10.0),
+            "slg_start": sweep.InputSpec("FLOAT", 0.0, 1.0), "slg_end": sweep.InputSpec("FLOAT", 0.0, 1.0)}
+
+
+def resolve_slg(preset: str, fields: dict, settings, swept: list[sweep.Axis]) -> dict | None:
+    """The SLG values every cell starts from (an slg_* axis then replaces its own), through the SLG
+    sampler's own preset rules; None when no cell gets SLG. With preset 'off' and an slg_* axis, the
+    fields are the start, so 'slg_scale=0,2.5' compares plain CFG with the fields' SLG."""
+    slg_node._check_settings(settings)  # noqa: SLF001 - the SLG nodes' own settings check, not a copy
+    has_axis = any(a.name.startswith("slg_") for a in swept)
+    if preset == "off" and not has_axis:
+        return None
+    return dict(fields) if preset == "off" else S.resolve_slg(preset, fields, settings, slg_node.PRESETS)
+
+
+def slg_line(preset: str, base: dict | None, swept) -> str:
+    if base is None:
+        return "slg: off (plain CFG)"
+    shown = ", ".join(f"{k} {sweep.format_value(v)}" + (" (swept in axes)" if any(a.name == f"slg_{k}" for a in swept)
+                                                         else "") for k, v in base.items())
+    return f"slg: {preset}: {shown}" + (" (the slg_* fields, for the slg axes)" if preset == "off" else "")
+
+
+def cell_slg(base: dict | None, axes) -> dict | None:
+    """One cell's SLG values, or None when it runs plain CFG (scale 0 or no layers)."""
+    if base is None:
+        return None
+    p = {**base, **{k[4:]: v for k, v in axes if k.startswith("slg_")}}
+    return p if p["scale"] > 0 and str(p["layers"]).strip() else None
 
 
 def parse_node_axes(text: str) -> list[sweep.Axis]:
@@ -168,11 +201,31 @@ class CheckpointSweep(io.ComfyNode):
                                         "row per LoRA x strength; 0 renders the base model)."),
                 io.String.Input("axes", multiline=True, default="", optional=True,
                                 tooltip="More settings to compare, as grid columns: e.g. 'cfg=3.5,4.5; steps=28,40; "
-                                        "sampler_name=euler,dpmpp_2m'. Sweepable: cfg, steps, sampler_name, scheduler, "
-                                        "denoise. A swept setting replaces its widget's value; the report says so."),
+                                        "sampler_name=euler,dpmpp_2m; slg_scale=0,2.5'. Sweepable: cfg, steps, sampler_name, "
+                                        "scheduler, denoise, slg_scale, slg_layers (lists with commas: "
+                                        "slg_layers=7,8,9|6,7), slg_start, slg_end. A swept setting replaces its "
+                                        "widget's value; the report says so."),
                 io.Int.Input("max_images", **C.advanced(), default=sweep.DEFAULT_MAX_IMAGES, min=1, max=100000, optional=True,
                              tooltip="A plan of more images than this is refused before anything renders (the "
                                      "report and the error say how many); raise it for a bigger sweep."),
+                io.Combo.Input("slg", options=SLG_CHOICES, default="off", optional=True, tooltip=(
+                    "Skip Layer Guidance for every render (SD3 / SD3.5 only), through the SLG sampler's own presets "
+                    "and guider: 'off' plain CFG; 'from settings' the SD3.5 loader's recommendation for the "
+                    "variant (connect 'settings'); a named preset; 'custom' the slg_* fields. An slg_scale / "
+                    "slg_layers / slg_start / slg_end axis sweeps that value (with 'off', from the fields).")),
+                io.String.Input("slg_layers", default="7, 8, 9", optional=True,
+                                tooltip="SLG 'custom': joint blocks skipped, e.g. 7, 8, 9 (Stability's SD3.5 Medium choice)."),
+                io.Float.Input("slg_scale", default=2.5, min=0.0, max=10.0, step=0.1, optional=True,
+                               tooltip="SLG 'custom': strength (Stability 2.5, core 3.0); 0 is plain CFG."),
+                io.Float.Input("slg_start", default=0.01, min=0.0, max=1.0, step=0.001, optional=True,
+                               tooltip="SLG 'custom': where the window opens, as a fraction of the run."),
+                io.Float.Input("slg_end", default=0.2, min=0.0, max=1.0, step=0.001, optional=True,
+                               tooltip="SLG 'custom': where the window closes, as a fraction of the run."),
+                io.Combo.Input("slg_gating", options=list(S.GATINGS), default="steps", optional=True,
+                               tooltip="SLG 'custom': 'steps' Stability's rule, 'sigma' core's (see the SLG sampler)."),
+                slg_node.SETTINGS.Input("settings", optional=True, tooltip=(
+                    "The SD3.5 loader's SETTINGS, for slg 'from settings' (the SLG values only; the sampling "
+                    "widgets here stay what they show).")),
             ],
             outputs=[
                 io.Image.Output("images", display_name="images",
@@ -192,7 +245,9 @@ class CheckpointSweep(io.ComfyNode):
                 scheduler: str = "sgm_uniform", denoise: float = 1.0, weight_dtype: str = "default",
                 order: str = "numeric", validation_images: bool = False, max_tile: int = grid.MAX_TILE,
                 page_width: int = grid.MAX_PAGE, model=None, strengths: str = "1.0", axes: str = "",
-                max_images: int = sweep.DEFAULT_MAX_IMAGES) -> io.NodeOutput:
+                max_images: int = sweep.DEFAULT_MAX_IMAGES, slg: str = "off", slg_layers: str = "7, 8, 9",
+                slg_scale: float = 2.5, slg_start: float = 0.01, slg_end: float = 0.2, slg_gating: str = "steps",
+                settings=None) -> io.NodeOutput:
         lora = model is not None
         folder = "loras" if lora else "diffusion_models"
         names = sweep.parse_model_list(models)
@@ -226,6 +281,18 @@ class CheckpointSweep(io.ComfyNode):
                              "line (with a 'clip'), or connect a positive conditioning")
         seeds = [seed + k for k in range(seed_count)]
         cells = sweep.plan(names, texts or ["(positive input)"], seeds, weights, swept)
+        slg_base = resolve_slg(slg, dict(zip(SLG_FIELDS, (slg_layers, slg_scale, slg_start, slg_end, slg_gating))),
+                               settings, swept)
+        for combo in dict.fromkeys(c.axes for c in cells):
+            p = cell_slg(slg_base, combo)
+            if p is not None:
+                try:
+                    S.validate_window(p["start"], p["end"], p["gating"])
+                except ValueError as e:
+                    raise ValueError(f"slg: {e} (the slg_start / slg_end fields or axes)") from None
+                if lora:  # the base is here: a wrong layer list fails the node now, not every row
+                    slg_node.build_guider(model, [], [], cfg, "custom", p["layers"], p["scale"], p["start"],
+                                          p["end"], p["gating"], 0.0, "batched")
         size = sweep.plan_size(cells, lora, latent_image["samples"].shape[0])
         sweep.check_size(size, max_images, "raise max_images on the node (advanced inputs)")
         skipped = {} if lora else sweep.family_problems(paths)
@@ -240,8 +307,12 @@ class CheckpointSweep(io.ComfyNode):
             texts, conds = ["(positive input)"], [positive]
         fixed = dict(steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, denoise=denoise)
 
-        def settings(c) -> dict:
-            return {**fixed, **dict(c.axes)}
+        def settings_of(c) -> dict:
+            st = {**fixed, **dict(c.axes)}
+            st["slg"] = cell_slg(slg_base, c.axes)
+            if st["slg"] is None:  # plain CFG keys its renders as before SLG existed
+                st = {k: v for k, v in st.items() if not k.startswith("slg")}
+            return st
 
         mm = comfy.model_management
         lat = latent_image["samples"]
@@ -252,7 +323,7 @@ class CheckpointSweep(io.ComfyNode):
         cond_fp = [_cond_fingerprint(c) for c in conds]
         cache = sweep.RenderCache(cache_folder())
         todo = [c for c in cells if c.model not in skipped]
-        total = sum(settings(c)["steps"] for c in todo)
+        total = sum(settings_of(c)["steps"] for c in todo)
         pbar = comfy.utils.ProgressBar(max(1, total))
         done_steps = 0
         samples: dict[sweep.Cell, torch.Tensor] = {}
@@ -262,13 +333,13 @@ class CheckpointSweep(io.ComfyNode):
                 continue
             mine = [c for c in todo if c.model == name]
             keys = {c: sweep.fingerprint(_file_identity(paths[name]), cond_fp[c.prompt_index], c.seed, c.strength,
-                                         sorted(settings(c).items()), *base) for c in mine}
+                                         sorted(settings_of(c).items()), *base) for c in mine}
             for c in mine:
                 hit = cache.get(keys[c])
                 if hit is not None:
                     samples[c] = torch.from_numpy(hit)
                     stats["reused"] += 1
-                    done_steps += settings(c)["steps"]
+                    done_steps += settings_of(c)["steps"]
                     pbar.update_absolute(done_steps)
             fresh = [c for c in mine if c not in samples]
             if not fresh:
@@ -287,7 +358,7 @@ class CheckpointSweep(io.ComfyNode):
             except Exception as e:  # noqa: BLE001 - one unloadable checkpoint or LoRA must not stop the sweep
                 LOG.warning("[sd35-workbench] sweep: %s did not load: %s", name, e)
                 skipped[name] = str(e) if isinstance(e, _lora.LoraMismatch) else f"did not load: {type(e).__name__}: {e}"
-                done_steps += sum(settings(c)["steps"] for c in fresh)
+                done_steps += sum(settings_of(c)["steps"] for c in fresh)
                 pbar.update_absolute(done_steps)
                 continue
             try:
@@ -300,17 +371,26 @@ class CheckpointSweep(io.ComfyNode):
                     x = comfy.sample.fix_empty_latent_channels(m, lat)
                     for c in [c for c in fresh if c.strength == strength]:
                         mm.throw_exception_if_processing_interrupted()  # Cancel between images keeps the finished ones
-                        st = settings(c)
-                        noise = comfy.sample.prepare_noise(x, c.seed, latent_image.get("batch_index"))
+                        st = settings_of(c)
 
                         def callback(step, x0, x_, total_steps, _base=done_steps):
                             pbar.update_absolute(_base + step + 1)
 
-                        out = comfy.sample.sample(
-                            m, noise, st["steps"], st["cfg"], st["sampler_name"], st["scheduler"],
-                            conds[c.prompt_index], negative, x, denoise=st["denoise"],
-                            noise_mask=latent_image.get("noise_mask"), callback=callback,
-                            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=c.seed)
+                        if st.get("slg"):
+                            p = st["slg"]
+                            guider = slg_node.build_guider(m, conds[c.prompt_index], negative, st["cfg"], "custom",
+                                                           p["layers"], p["scale"], p["start"], p["end"],
+                                                           p["gating"], 0.0, "batched")
+                            out = slg_node.sample_with_guider(guider, m, latent_image, c.seed, st["steps"],
+                                                              st["sampler_name"], st["scheduler"], st["denoise"],
+                                                              callback)
+                        else:
+                            noise = comfy.sample.prepare_noise(x, c.seed, latent_image.get("batch_index"))
+                            out = comfy.sample.sample(
+                                m, noise, st["steps"], st["cfg"], st["sampler_name"], st["scheduler"],
+                                conds[c.prompt_index], negative, x, denoise=st["denoise"],
+                                noise_mask=latent_image.get("noise_mask"), callback=callback,
+                                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=c.seed)
                         out = out.detach().float().cpu()
                         cache.put(keys[c], out.numpy())
                         samples[c] = out
@@ -323,7 +403,7 @@ class CheckpointSweep(io.ComfyNode):
             except Exception as e:  # noqa: BLE001 - e.g. a checkpoint whose shapes do not fit the conditioning
                 LOG.warning("[sd35-workbench] sweep: %s failed while sampling: %s", name, e)
                 skipped[name] = f"failed while sampling: {type(e).__name__}: {e}"
-                done_steps = sum(settings(c)["steps"] for c in todo if c in samples or c.model in skipped)
+                done_steps = sum(settings_of(c)["steps"] for c in todo if c in samples or c.model in skipped)
                 pbar.update_absolute(done_steps)
             finally:
                 if loaded is not None:  # the sweep's own checkpoint; a LoRA sweep's base is the user's
@@ -332,13 +412,14 @@ class CheckpointSweep(io.ComfyNode):
                     mm.cleanup_models_gc()
                     mm.soft_empty_cache()
             LOG.info("[sd35-workbench] sweep %d/%d images: %s", len(samples), len(todo), name)
-        report = cls._report(size, lora, names, weights, swept, fixed, skipped, stats, len(seeds), len(texts))
+        report = cls._report(size, lora, names, weights, swept, fixed, skipped, stats, len(seeds), len(texts),
+                             slg_line(slg, slg_base, swept))
         images, grid_t, labels = cls._draw(names, texts, seeds, cells, samples, skipped, vae, paths, validation_images,
                                            max_tile, page_width, swept)
         return io.NodeOutput(images, grid_t, labels, report, ui={"text": [report]})
 
     @staticmethod
-    def _report(size, lora, names, weights, swept, fixed, skipped, stats, n_seeds, n_prompts) -> str:
+    def _report(size, lora, names, weights, swept, fixed, skipped, stats, n_seeds, n_prompts, slg_text="") -> str:
         what = "LoRA checkpoints" if lora else "checkpoints"
         parts = [f"{len(names)} {what}"] + ([f"{len(weights)} strengths"] if weights else [])
         parts += [f"{n_prompts} prompts", f"{n_seeds} seeds"] + [f"{len(a.values)} {a.name}" for a in swept]
@@ -351,6 +432,8 @@ class CheckpointSweep(io.ComfyNode):
         sw = {a.name for a in swept}
         lines.append("settings: " + ", ".join(f"{k} {sweep.format_value(v)}" + (" (widget; swept in axes)" if k in sw else "")
                                               for k, v in fixed.items()))
+        if slg_text:
+            lines.append(slg_text)
         for a in swept:
             lines.append(f"axis {a.name}: {', '.join(map(sweep.format_value, a.values))}")
         lines.append(f"rendered {stats['rendered']}, reused from the render cache {stats['reused']}")
