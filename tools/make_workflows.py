@@ -121,7 +121,8 @@ def layout_and_thumbnails(server: ComfyServer, files: dict[Path, dict], thumbs: 
         watch = Watch(page)
         page.goto(server.url)
         page.wait_for_function("() => window.app && window.app.graph && window.app.extensionManager", timeout=90_000)
-        page.add_style_tag(content=".from-blue-600, .p-toast { display: none !important; }")
+        # Thumbnails show the graph: the missing-models dialog (no models here) and toasts stay out of them.
+        page.add_style_tag(content=".from-blue-600, .p-toast, .p-dialog-mask { display: none !important; }")
         laid_out = {}
         for f, ui in files.items():
             wf = page.evaluate(LAYOUT_JS, ui)

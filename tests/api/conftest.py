@@ -22,7 +22,14 @@ def workflow_fixtures(user_models, training_root, tiny_models):
 
 
         sweep_rule(nid, node, family)
-        if node["class_type"] == "SD35WB_SimpleTunerLink":  # a finished run under the server's training root
+        if node["class_type"] == "SD35WB_SimpleTunerLink" and node["inputs"].get("lora"):
+            from tools.lora_fixtures import lora_run  # a finished LoRA run (SimpleTuner's saver) on the tiny base
+
+            run = training_root / "example-lora-run"
+            if not run.exists():
+                lora_run(run)
+            node["inputs"].update(output_dir=str(run), run="example-lora-run")
+        elif node["class_type"] == "SD35WB_SimpleTunerLink":  # a finished run under the server's training root
             from tools.simpletuner_fixtures import tiny_example_run
 
             run = tiny_example_run(training_root / "example-run", tiny_models / "diffusion_models" / "tiny-sd35m.safetensors")
@@ -67,6 +74,8 @@ def sweep_clip_rule(user_models):
             lines = node["inputs"]["prompts"].splitlines()
             keep = [ln for i, ln in enumerate(lines) if i and lines[i - 1].startswith("#") and not ln.startswith("#")]
             node["inputs"].update(prompts="\n".join(keep), seed_count=1)
+            if node["inputs"].get("slg", "off") != "off":  # the tiny model has joint blocks 0-3
+                node["inputs"].update(slg="custom", slg_layers="1, 2", slg_start=0.0, slg_end=1.0)
 
     return rule
 
