@@ -69,17 +69,20 @@ def check(model, clip, lora_sd: dict, name: str) -> LoraMatch:
     return L.match(name, shapes, C.lora_key_map(model, clip), C.weight_shapes(model, clip), clip is not None)
 
 
-def apply(model, clip, lora_sd: dict, strength_model: float, strength_clip: float, name: str):
+def apply(model, clip, lora_sd: dict, strength_model: float, strength_clip: float, name: str,
+          checked: bool = False):
     """(model, clip) with the LoRA patched on clones; the inputs are never changed.
 
-    Raises ``LoraMismatch`` when the file's modules do not all map onto the model. Strength 0
-    (and CLIP strength 0, or no CLIP) returns the inputs themselves."""
+    Raises ``LoraMismatch`` when the file's modules do not all map onto the model, unless the
+    caller ran ``check`` on this model and LoRA already (``checked``: a sweep's strengths). Strength
+    0 (and CLIP strength 0, or no CLIP) returns the inputs themselves."""
     if strength_model == 0 and (clip is None or strength_clip == 0):
         return model, clip
     use_clip = clip if strength_clip != 0 else None
-    m = check(model, use_clip, lora_sd, name)
-    if not m.ok():
-        raise LoraMismatch(L.mismatch_message(m, _model_label(model)), m)
+    if not checked:
+        m = check(model, use_clip, lora_sd, name)
+        if not m.ok():
+            raise LoraMismatch(L.mismatch_message(m, _model_label(model)), m)
     new_model, new_clip = comfy.sd.load_lora_for_models(model, use_clip, lora_sd, strength_model,
                                                         strength_clip if use_clip is not None else 0.0)
     return new_model, (new_clip if use_clip is not None else clip)

@@ -349,7 +349,7 @@ class CheckpointSweep(io.ComfyNode):
             try:
                 if lora:
                     lora_sd = _lora.load(paths[name])
-                    match = _lora.check(model, None, lora_sd, name)
+                    match = _lora.check(model, None, lora_sd, name)  # once per file, not per strength
                     if not match.ok():
                         raise _lora.LoraMismatch(_lora.L.mismatch_message(match, "the base model"), match)
                 else:
@@ -364,7 +364,7 @@ class CheckpointSweep(io.ComfyNode):
             try:
                 for strength in dict.fromkeys(c.strength for c in fresh):
                     if lora:
-                        m, _ = _lora.apply(model, None, lora_sd, strength, 0.0, name)
+                        m, _ = _lora.apply(model, None, lora_sd, strength, 0.0, name, checked=True)
                         stats["patches"] += m is not model
                     else:
                         m = loaded

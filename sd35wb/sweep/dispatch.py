@@ -36,7 +36,6 @@ class SweepResult:
     rows: list[tuple[str, float | None]] = field(default_factory=list)  # (checkpoint, strength), grid order
     files: dict[Cell, list[Path]] = field(default_factory=dict)  # rendered (or resumed) images per cell
     failures: dict[Cell, str] = field(default_factory=dict)
-    pages: list[Path] = field(default_factory=list)
     reused: int = 0
     rendered: int = 0
     servers: dict[Cell, str] = field(default_factory=dict)  # cell -> server url that rendered it
