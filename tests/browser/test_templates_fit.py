@@ -1,0 +1,53 @@
+"""Browser tier: every template, dropped on a 1400x900 editor and fitted to view with the frontend's
+own command, opens at a zoom where litegraph still draws node text (its low-quality threshold)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tools.comfy_server import REPO
+
+UI = sorted((REPO / "workflows").glob("*.json"))
+
+DROP_JS = """
+async ([text, name]) => {
+  const canvas = document.querySelector('#graph-canvas');
+  const dt = new DataTransfer();
+  dt.items.add(new File([text], name, {type: 'application/json'}));
+  for (const type of ['dragenter', 'dragover', 'drop']) {
+    canvas.dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true}));
+  }
+}
+"""
+
+# The frontend's "Fit view" command (the '.' key), then what litegraph decides from the zoom: its
+# threshold is min_font_size_for_lod / (NODE_TEXT_SIZE * sqrt(dpr)), 8 / 14 = 0.571 by default on
+# frontends 1.32, 1.49 and 1.58 (LiteGraph.Canvas.MinFontSizeForLOD).
+FIT_JS = """
+async () => {
+  const c = window.app.canvas;
+  c.deselectAll?.();
+  await window.app.extensionManager.command.execute('Comfy.Canvas.FitView');
+  await new Promise(r => setTimeout(r, 800));  // newer frontends animate the fit
+  c.draw(true, true);
+  return {scale: c.ds.scale, threshold: c._lowQualityZoomThreshold, low: c.low_quality,
+          w: c.canvas.clientWidth, h: c.canvas.clientHeight};
+}
+"""
+
+
+@pytest.mark.parametrize("ui_path", UI, ids=lambda p: p.stem)
+def test_template_fits_the_editor_above_the_low_quality_zoom(page, ui_path):
+    text = ui_path.read_text()
+    page.evaluate(DROP_JS, [text, ui_path.name])
+    page.wait_for_function("(n) => window.app.graph._nodes.length === n", arg=len(json.loads(text)["nodes"]),
+                           timeout=20_000)
+    fit = page.evaluate(FIT_JS)
+    print(f"FIT {ui_path.stem}: {fit}")
+    assert fit["w"] >= 1000, fit  # the canvas is the editor's, at the user's window size
+    assert fit["threshold"] > 0.5, fit  # the frontend's default level of detail is on
+    assert not fit["low"] and fit["scale"] >= fit["threshold"], (
+        f"{ui_path.name}: fit-to-view zoom {fit['scale']:.3f} is below the low-quality zoom "
+        f"{fit['threshold']:.3f}: nodes are drawn without text ({fit})")
