@@ -22,7 +22,7 @@ app.registerExtension({
   },
   loadedGraphNode(node) {
     if (node.comfyClass?.startsWith(PREFIX) && node.color === OLD_COLOUR && node.bgcolor === undefined) {
-      delete node.color;
+      node.color = undefined; // an accessor on newer litegraph: delete would not reach it
     }
   },
 });
