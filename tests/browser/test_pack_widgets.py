@@ -248,3 +248,19 @@ def test_settings_connected_greys_out_the_widgets_it_overrides(page, server):
                   ".inputs.findIndex(i => i.name === 'settings'))", sampler)
     gone = page.evaluate(WIDGETS, sampler)
     assert _plain({k: w for k, w in gone.items() if k in by_settings}) and not any(w["disabled"] for w in gone.values()), gone
+
+
+def test_a_sweeps_axes_grey_out_the_widgets_they_sweep(page, server):
+    """The same table drives every node it names: the checkpoint sweep's `axes` text replaces the
+    sampler widgets it names, and only those."""
+    _wait_for_extensions(page, "sd35wb.overrides")
+    rule = next(r for r in server.get_json("/sd35wb/overrides")["nodes"]["SD35WB_CheckpointSweep"]
+                if r["when"].get("named_in") == "axes")
+    _fresh_graph(page)
+    sweep = page.evaluate(ADD, ["SD35WB_CheckpointSweep", 40, 60])
+    page.evaluate(SET, [sweep, "axes", "cfg=3.5,4.5; # steps=10,20\n sampler_name = euler,dpmpp_2m"])
+    marked = {k: w for k, w in page.evaluate(WIDGETS, sweep).items() if w["disabled"]}
+    assert set(marked) == {"cfg", "sampler_name"} <= set(rule["inputs"]), marked
+    assert marked["cfg"]["label"] == f"cfg ({rule['label']})", marked
+    page.evaluate(SET, [sweep, "axes", ""])
+    assert not any(w["disabled"] for w in page.evaluate(WIDGETS, sweep).values())
