@@ -375,9 +375,6 @@ def apply_detection(model, detection: finetune.Detection | None, prediction: str
         raise ValueError(f"prediction: unknown {prediction!r}; expected one of {PREDICTION_CHOICES}.")
     if zsnr not in ZSNR_CHOICES:
         raise ValueError(f"zsnr: unknown {zsnr!r}; expected one of {ZSNR_CHOICES}.")
-    if detection is None and "auto" in (prediction, zsnr):
-        raise ValueError("detect_from: prediction / zsnr 'auto' needs the file the model was loaded from; pick it in "
-                         "detect_from, or choose prediction and zsnr explicitly.")
     ms = _model_sampling(model)
     flow = is_flow(ms)
     if flow or (detection is not None and detection.prediction.value == "flow" and prediction == "auto"):
@@ -385,30 +382,44 @@ def apply_detection(model, detection: finetune.Detection | None, prediction: str
             return model, f"flow matching: left as loaded ({detection.summary() if detection else 'no detection'})"
         raise ValueError("model: this is a flow-matching model (SD3 / SD3.5 / Flux sampling); SD35WB_ZTSNRModelPatch "
                          "patches discrete eps / v-prediction models only.")
+    is_v = isinstance(ms, comfy.model_sampling.V_PREDICTION)  # V_PREDICTION subclasses EPS
+    # No file to read: 'auto' is what ComfyUI itself made of the model (its loader reads the v_pred /
+    # ztsnr marker keys into model_sampling; an upstream ModelSamplingDiscrete shows there too).
+    loaded = f"as ComfyUI loaded it, {'v-prediction' if is_v else 'eps'}"
     if prediction == "auto":
-        pred = "v_prediction" if detection.prediction.value == "v" else "eps"
-        pred_src = f"auto: {detection.prediction.source}"
+        if detection is None:
+            pred, pred_src = ("v_prediction" if is_v else "eps"), f"auto: {loaded}"
+        else:
+            pred = "v_prediction" if detection.prediction.value == "v" else "eps"
+            pred_src = f"auto: {detection.prediction.source}"
     else:
         pred, pred_src = prediction, "set on the node"
     if zsnr == "auto":
-        on = detection.zsnr.value == "yes"
-        zsnr_src = f"auto: {detection.zsnr.source}" + (" (unknown: left off)" if detection.zsnr.value == "unknown" else "")
+        if detection is None:
+            on = bool(getattr(ms, "zsnr", False))
+            zsnr_src = f"auto: {loaded}, zsnr {'on' if on else 'off'}"
+        else:
+            on = detection.zsnr.value == "yes"
+            zsnr_src = f"auto: {detection.zsnr.source}" + (" (unknown: left off)" if detection.zsnr.value == "unknown" else "")
     else:
         on, zsnr_src = zsnr == "on", "set on the node"
     sampling_type = _sampling_class(pred)
     lines: list[str] = []
     if detection is not None:
         lines.append(f"detected: {detection.summary()}")
+    elif "auto" in (prediction, zsnr):
+        lines.append("detected: no detect_from file, so 'auto' follows what ComfyUI loaded (it reads the v_pred / "
+                     "ztsnr marker keys); pick the file in detect_from to read its metadata and training configs too")
     lines.append(f"applied: {pred} [{pred_src}], zsnr {'on' if on else 'off'} [{zsnr_src}]")
     if on:
         lines.append(f"zero-SNR: avoid {' / '.join(finetune.ZSNR_UNSAFE_SAMPLERS)} (they collapse); "
                      f"{finetune.ZSNR_ALTERNATIVE if finetune.ZSNR_ALTERNATIVE in comfy.samplers.KSAMPLER_NAMES else finetune.ZSNR_FALLBACK} "
                      "is the safe choice")
     summary = "\n".join(lines)
-    is_v = isinstance(ms, comfy.model_sampling.V_PREDICTION)  # V_PREDICTION subclasses EPS
     same = isinstance(ms, comfy.model_sampling.ModelSamplingDiscrete) and is_v == (pred == "v_prediction") \
         and bool(getattr(ms, "zsnr", False)) == on
-    if only_if_needed and (same or (pred == "eps" and not on)):  # eps + no zsnr: ComfyUI's own choice (EDM too)
+    as_loaded = detection is None and prediction == zsnr == "auto"  # nothing to change: keep any custom sampling
+    if as_loaded or (only_if_needed and (same or (pred == "eps" and not on))):  # eps + no zsnr: ComfyUI's own choice (EDM too)
         if not on:
             return model, summary + "\n(the host already samples it so: left as loaded)"
         m = model.clone()  # only for the sampler warning
@@ -454,13 +465,18 @@ class ZTSNRModelPatch(io.ComfyNode):
                 io.Model.Input("model"),
                 io.Combo.Input("prediction", options=PREDICTION_CHOICES, default="auto",
                                tooltip="What the network predicts. auto: what detect_from's file says (eps when it "
-                                       "says nothing). ZTSNR needs v_prediction (eps is undefined at SNR 0)."),
+                                       "says nothing); with no file, what ComfyUI loaded (its 'v_pred' marker key, "
+                                       "or an upstream ModelSamplingDiscrete). ZTSNR needs v_prediction (eps is "
+                                       "undefined at SNR 0)."),
                 io.Combo.Input("zsnr", options=ZSNR_CHOICES, default="auto",
                                tooltip="Zero-terminal-SNR sigma table (terminal 4518.76). auto: on only when a source "
-                                       "says the model was trained so (some v-pred models break with it, e.g. EasyFluff)."),
+                                       "says the model was trained so (some v-pred models break with it, e.g. "
+                                       "EasyFluff); with no file, as ComfyUI loaded it (its 'ztsnr' marker key)."),
                 io.Combo.Input("detect_from", options=detect_from_choices(), default="none", optional=True,
-                               tooltip="The file the model was loaded from, read for 'auto' (header only). Explicit "
-                                       "prediction / zsnr choices win over what it says."),
+                               tooltip="The file the model was loaded from, read for 'auto' (header only): metadata "
+                                       "and a SimpleTuner run's configs, beyond the marker keys ComfyUI reads. "
+                                       "none: 'auto' keeps what ComfyUI loaded. Explicit prediction / zsnr choices "
+                                       "win over what it says."),
             ],
             outputs=[io.Model.Output(), io.String.Output(display_name="detected",
                                                          tooltip="What was detected (with sources) and applied.")],

@@ -107,7 +107,7 @@ def test_medium_loader_reports_medium_and_matches_core_slg_step(host, real, cond
     assert settings["variant"] == "medium" and settings["steps"] == want["steps"] == 50
     assert settings["slg"]["layers"] == [7, 8, 9] and settings["shift"] == 3.0
     assert model.model.diffusion_model.hidden_size == 1536 and len(model.model.diffusion_model.joint_blocks) == 24
-    (guider,) = call(host.nodes, "SD35WB_SLGGuider", model=model, positive=pos, negative=neg, cfg=4.0, preset="custom",
+    (guider, _) = call(host.nodes, "SD35WB_SLGGuider", model=model, positive=pos, negative=neg, cfg=4.0, preset="custom",
                      layers="7, 8, 9", scale=slg["scale"], start=slg["start"], end=slg["end"], gating="sigma",
                      rescale=0.0, implementation="batched")
     ours = one_step(host, model, guider)

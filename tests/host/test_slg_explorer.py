@@ -232,7 +232,7 @@ def test_explorer_equals_separate_runs(host, sd35m, conds, gating, start, end, s
     base = run_custom(host, sd35m, cfg_guider, lat, steps, sampler=sampler)
     assert (latents["samples"][0] - base[0]).abs().max().item() <= TOL
     for k, layers in enumerate(["7, 8, 9", "3", "10, 11"], start=1):
-        (g,) = call(host.nodes, "SD35WB_SLGGuider", model=sd35m, positive=conds[0], negative=conds[1], cfg=4.0,
+        (g, _) = call(host.nodes, "SD35WB_SLGGuider", model=sd35m, positive=conds[0], negative=conds[1], cfg=4.0,
                     preset="custom", layers=layers, scale=2.5, start=start, end=end, gating=gating,
                     implementation="separate pass")
         ref = run_custom(host, sd35m, g, lat, steps, sampler=sampler)
