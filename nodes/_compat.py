@@ -111,6 +111,25 @@ def vae_names() -> list[str]:
     return combo_options("VAELoader", "vae_name")
 
 
+def weight_dtype_options() -> list[str]:
+    """What core's diffusion-model loader (UNETLoader) offers as weight_dtype on this host."""
+    return combo_options("UNETLoader", "weight_dtype")
+
+
+def weight_dtype_model_options(weight_dtype: str) -> dict:
+    """The ``model_options`` core's UNETLoader passes for a weight_dtype choice (same on 0.3.75 and
+    0.33.0; its mapping is inside ``load_unet``, so it is repeated here, once for the pack)."""
+    import torch
+
+    if weight_dtype == "fp8_e4m3fn":
+        return {"dtype": torch.float8_e4m3fn}
+    if weight_dtype == "fp8_e4m3fn_fast":
+        return {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True}
+    if weight_dtype == "fp8_e5m2":
+        return {"dtype": torch.float8_e5m2}
+    return {}
+
+
 def load_vae(name: str):
     return run_core_node("VAELoader", vae_name=name)[0]
 

@@ -37,6 +37,7 @@ import torch
 from comfy_api.latest import io
 
 from ..sd35wb import grid as G
+from ..sd35wb import overrides as O
 from ..sd35wb import presets as presets_mod
 from ..sd35wb import slg as S
 from ..sd35wb import slg_explorer as E
@@ -437,6 +438,10 @@ class SLGLayerExplorerNode(io.ComfyNode):
                                 tooltip="One labelled grid of all renders (baseline first)."),
                 io.Latent.Output("latents", display_name="latents", tooltip="The renders' latents, in the same order."),
                 io.String.Output("labels", display_name="labels", tooltip="One label per render, one per line."),
+                # Appended as the last output: saved workflows link outputs by index.
+                io.String.Output("report", display_name="report", tooltip=(
+                    "What ran: sampling values, the SLG window and scale, each candidate's layers and how many steps "
+                    "all renders shared. Also shown on the node.")),
             ],
         )
 
@@ -465,6 +470,7 @@ class SLGLayerExplorerNode(io.ComfyNode):
                                 callback=progress.callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
                                 seed=seed)
             latents.append(out.to(comfy.model_management.intermediate_device()))
+        shared_steps = len(shared.entries)
         shared.entries.clear()
         labels = ["baseline (CFG)"] + [E.candidate_label(c) for c in cands]
         batch = samples.shape[0]
@@ -483,7 +489,18 @@ class SLGLayerExplorerNode(io.ComfyNode):
         out.pop("noise_mask", None)
         out.pop("batch_index", None)
         out["samples"] = torch.cat(latents)
-        return io.NodeOutput(images, torch.from_numpy(G.to_array(grid))[None], out, "\n".join(labels))
+        report = "\n".join([
+            "SD3.5 SLG Layer Explorer",
+            f"sampling: steps {steps}, cfg {cfg:g}, sampler_name {sampler_name}, scheduler {scheduler}, seed {seed}",
+            "SLG for every candidate: " + S.describe_window({"scale": scale, "start": start, "end": end,
+                                                              "gating": gating}),
+            f"renders: baseline (plain CFG) + {len(cands)} candidate(s): "
+            + " | ".join(S.format_layers(c) for c in cands) + f" of {block_count} joint blocks",
+            f"shared: {shared_steps} model call(s) before the SLG window computed once for every render",
+            *O.report_lines("SD35WB_SLGLayerExplorer", {"scale": float(scale), "candidates": candidates}, {}, set()),
+        ])
+        return io.NodeOutput(images, torch.from_numpy(G.to_array(grid))[None], out, "\n".join(labels), report,
+                             ui={"text": [report]})
 
 
 NODES = [SLGSensitivityMapNode, SLGLayerExplorerNode]

@@ -262,6 +262,10 @@ def describe_slg(slg: dict, source: str) -> str:
     layers = normalize_layers(slg["layers"])
     if never_active(float(slg["scale"]), [t for t in layers.split(",") if t.strip()], slg["start"], slg["end"]):
         return f"SLG: off (layers '{layers}', scale {float(slg['scale']):g}; from {source})"
+    return f"SLG: layers {layers}, {describe_window(slg)}; from {source}"
+
+
+def describe_window(slg: dict) -> str:
+    """``scale 2.5, window 0.01-0.2 of steps (Stability's rule)``."""
     rule = "steps (Stability's rule)" if slg["gating"] == "steps" else "sigma (core's rule)"
-    return (f"SLG: layers {layers}, scale {float(slg['scale']):g}, window {float(slg['start']):g}-"
-            f"{float(slg['end']):g} of {rule}; from {source}")
+    return f"scale {float(slg['scale']):g}, window {float(slg['start']):g}-{float(slg['end']):g} of {rule}"

@@ -100,7 +100,7 @@ def test_medium_loader_reports_medium_and_matches_core_slg_step(host, real, cond
     pos, neg = conds
     slg = dict(scale=3.0, start=0.0, end=1.0)  # sigma window over the whole run: the one step gets SLG
     with PeakRSS() as ours_mem:
-        model, clip, vae, settings = call(
+        model, clip, vae, settings, _ = call(
             host.nodes, "SD35WB_SD35Loader", model_name="sd3.5_medium.safetensors", variant="auto", clip_l="none",
             clip_g="none", t5xxl="none", t5_dtype="default", vae="taesd3", shift=3.0, fetch_missing=False)
     want = presets.recommended_settings("medium")
