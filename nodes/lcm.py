@@ -19,8 +19,8 @@ import torch
 from comfy_api.latest import io
 
 from ..sd35wb import folders, lcm
-from ..sd35wb import overrides as O
 from ..sd35wb import grid as grid_mod
+from ..sd35wb import overrides as O
 from . import _compat as C
 from . import _lora
 
