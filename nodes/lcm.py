@@ -154,9 +154,10 @@ def _lora_input(name: str = "lcm_lora"):
 def _common_sampling_inputs(max_steps_name: str = "steps"):
     steps_tip = STEPS_TIP if max_steps_name == "steps" else "Render 1, 2, ... up to this many steps. " + STEPS_TIP
     return [
-        io.Conditioning.Input("positive"),
+        io.Conditioning.Input("positive", tooltip="The prompt's conditioning (CLIPTextEncode)."),
         io.Conditioning.Input("negative", tooltip="Only used when cfg is above 1.0."),
-        io.Latent.Input("latent_image"),
+        io.Latent.Input("latent_image", tooltip="The latent to sample: an empty latent for text-to-image, an "
+                                                "encoded image with denoise below 1."),
         io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                      tooltip="Noise seed: the same seed gives the same noise as KSampler (and every render of a "
                              "step sweep uses it)."),
@@ -216,7 +217,7 @@ class LCMLoraPatch(io.ComfyNode):
                          "style LoRA (the 'LCM + style LoRA at 4 steps' recipe). Then sample with sampler 'lcm', "
                          "4-8 steps, cfg 1-2, scheduler sgm_uniform. Both LoRAs are family-checked."),
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="An SD1.5, SDXL, SSD-1B or Segmind Vega model (or a fine-tune)."),
                 _lora_input(),
                 io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.05, tooltip=STRENGTH_TIP),
                 io.Combo.Input("style_lora", options=[NONE, *_local_loras()], default=NONE,
@@ -257,8 +258,9 @@ class LCMStepSweep(io.ComfyNode):
                          "image plus one labelled grid ('1 step', '2 steps', ...): the comparison for choosing a "
                          "step count (LCM-LoRA, arXiv 2311.05556). Each render equals the LCM-LoRA Sampler's."),
             inputs=[
-                io.Model.Input("model"),
-                io.Vae.Input("vae"),
+                io.Model.Input("model", tooltip="An SD1.5, SDXL, SSD-1B or Segmind Vega model (or a fine-tune)."),
+                io.Vae.Input("vae", tooltip="Decodes every render for the images and the grid (the model's own VAE, "
+                                            "or taesd / taesdxl for fast previews)."),
                 _lora_input(),
                 io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.05, tooltip=STRENGTH_TIP),
                 *_common_sampling_inputs("max_steps"),

@@ -477,8 +477,8 @@ class SLGGuiderNode(io.ComfyNode):
             description=CITE + " A GUIDER for SamplerCustomAdvanced.",
             inputs=[
                 io.Model.Input("model", tooltip="An SD3 / SD3.5 model (MMDiT); SD3.5 Medium is what SLG was tuned for."),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
+                io.Conditioning.Input("positive", tooltip="The prompt's conditioning (CLIPTextEncode with the SD3.5 CLIP); the SLG pass skips layers on this one."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt's conditioning (an empty prompt is common for SD3.5)."),
                 io.Float.Input("cfg", default=presets_mod.VARIANTS["medium"]["cfg"], min=0.0, max=100.0, step=0.1,
                                round=0.01, tooltip="CFG scale. Stability's reference: 4.0 for Medium with SLG, "
                                                    "4.5 Large, 1.0 Large Turbo."),
@@ -516,9 +516,10 @@ class SLGSamplerNode(io.ComfyNode):
             description=CITE + " KSampler-shaped; with settings connected the defaults follow the model.",
             inputs=[
                 io.Model.Input("model", tooltip="An SD3 / SD3.5 model (MMDiT); SD3.5 Medium is what SLG was tuned for."),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
-                io.Latent.Input("latent_image"),
+                io.Conditioning.Input("positive", tooltip="The prompt's conditioning (CLIPTextEncode with the SD3.5 CLIP); the SLG pass skips layers on this one."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt's conditioning (an empty prompt is common for SD3.5)."),
+                io.Latent.Input("latent_image", tooltip="The latent to sample: EmptySD3LatentImage for text-to-image, "
+                                                        "an encoded image with denoise below 1."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="Noise seed (same noise as KSampler for the same seed)."),
                 io.Int.Input("steps", default=medium["steps"], min=1, max=10000, tooltip=(

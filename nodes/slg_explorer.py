@@ -346,8 +346,9 @@ class SLGSensitivityMapNode(io.ComfyNode):
                         "strongly through; try them (and their neighbours) in the SLG Layer Explorer.",
             inputs=[
                 io.Model.Input("model", tooltip="An SD3 / SD3.5 model (MMDiT): Medium has 24 joint blocks, Large 38."),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
+                io.Conditioning.Input("positive", tooltip="The prompt's conditioning; every skip variant is a "
+                                                          "pass of this one with blocks skipped."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt's conditioning (plain CFG)."),
                 io.Latent.Input("latent_image", tooltip="The latent you would sample (EmptySD3LatentImage)."),
                 *_sampling_inputs(include_scale=False),
                 io.Int.Input("probes", default=1, min=1, max=16, tooltip=(
@@ -420,8 +421,9 @@ class SLGLayerExplorerNode(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="An SD3 / SD3.5 model (MMDiT): Medium has 24 joint blocks, Large 38."),
                 io.Vae.Input("vae", tooltip="Decodes every render for the images and the grid."),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
+                io.Conditioning.Input("positive", tooltip="The prompt's conditioning; every skip variant is a "
+                                                          "pass of this one with blocks skipped."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt's conditioning (plain CFG)."),
                 io.Latent.Input("latent_image", tooltip="The latent to sample (EmptySD3LatentImage)."),
                 *_sampling_inputs(include_scale=True),
                 io.String.Input("candidates", default="7,8,9 | 6 | 10,11", tooltip=(
