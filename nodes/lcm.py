@@ -16,7 +16,7 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..sd35wb import folders, lcm
 from ..sd35wb import grid as grid_mod

@@ -19,7 +19,7 @@ import comfy.patcher_extension
 import comfy.samplers
 import folder_paths
 import torch
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ..sd35wb import finetune, grid, sigma_plot, sigmas
 from . import _compat as C

@@ -20,7 +20,7 @@ import comfy.sd
 import comfy.utils
 import folder_paths
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..sd35wb import folders, hub, presets
 from ..sd35wb import overrides as O

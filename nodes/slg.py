@@ -31,7 +31,7 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..sd35wb import overrides as O
 from ..sd35wb import presets as presets_mod

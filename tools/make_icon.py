@@ -23,7 +23,7 @@ def draw(size: int = SIZE) -> Image.Image:
     d.rounded_rectangle([0, 0, size - 1, size - 1], radius=int(44 * s), fill=(32, 44, 64, 255))
     boxes = [(28, 36, 100, 84), (156, 36, 228, 84), (92, 108, 164, 156)]
     for a, b in ((0, 2), (1, 2)):  # links from the two upper nodes into the lower one
-        (x0, y0, x1, y1), (u0, v0, u1, v1) = boxes[a], boxes[b]
+        (x0, _, x1, y1), (u0, v0, u1, _) = boxes[a], boxes[b]
         d.line([((x0 + x1) / 2 * s, y1 * s), ((u0 + u1) / 2 * s, v0 * s)], fill=(120, 200, 255, 255), width=int(6 * s))
     for x0, y0, x1, y1 in boxes:
         d.rounded_rectangle([x0 * s, y0 * s, x1 * s, y1 * s], radius=int(10 * s), fill=(70, 110, 160, 255),
