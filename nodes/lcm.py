@@ -117,11 +117,12 @@ def prepare(model, lcm_lora: str, strength: float) -> tuple:
 
 
 def lcm_report(node_id: str, title: str, lora_line: str, steps: str, cfg: float, scheduler: str, denoise: float,
-               seed: int, strength: float, connected) -> str:
+               seed: int, strength: float, lcm_lora: str, connected) -> str:
     lines = [title, lora_line,
              f"sampling: sampler lcm, model sampling lcm, {steps}, cfg {cfg:g}, scheduler {scheduler}, "
              f"denoise {denoise:g}, seed {seed}"]
-    lines += O.report_lines(node_id, {"cfg": float(cfg), "strength": float(strength)}, {}, connected)
+    lines += O.report_lines(node_id, {"cfg": float(cfg), "strength": float(strength), "lcm_lora": lcm_lora}, {},
+                            connected)
     return "\n".join(lines)
 
 
@@ -200,7 +201,7 @@ class LCMLoraSampler(io.ComfyNode):
         check_cfg(cfg)
         m, lora_line = prepare(model, lcm_lora, strength)
         report = lcm_report("SD35WB_LCMLoraSampler", "LCM-LoRA Sampler", lora_line, f"steps {steps}", cfg, scheduler,
-                            denoise, seed, strength, {"negative"} if negative is not None else set())
+                            denoise, seed, strength, lcm_lora, {"negative"} if negative is not None else set())
         return io.NodeOutput(sample(m, seed, steps, cfg, scheduler, positive, negative, latent_image, denoise), report,
                              ui={"text": [report]})
 
@@ -277,7 +278,8 @@ class LCMStepSweep(io.ComfyNode):
         check_cfg(cfg)
         m, lora_line = prepare(model, lcm_lora, strength)
         report = lcm_report("SD35WB_LCMStepSweep", "LCM-LoRA Step Sweep", lora_line, f"steps 1-{max_steps}", cfg,
-                            scheduler, denoise, seed, strength, {"negative"} if negative is not None else set())
+                            scheduler, denoise, seed, strength, lcm_lora,
+                            {"negative"} if negative is not None else set())
         counts = list(range(1, max_steps + 1))
         pbar = comfy.utils.ProgressBar(sum(counts))
         images = []
