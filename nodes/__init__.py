@@ -10,7 +10,7 @@ import importlib
 import logging
 import pkgutil
 
-from comfy_api.latest import ComfyExtension, io
+from comfy_api.v0_0_2 import ComfyExtension, io
 from typing_extensions import override
 
 LOG = logging.getLogger("sd35-workbench")

@@ -4,6 +4,14 @@ Each helper detects what the running host offers and takes the most public way t
 new ComfyUI release breaks this file (and tests/host/test_compat.py says how) rather than the
 nodes. ``FEATURES`` records what was found, for that test and for one start-up log line.
 Not a capability module (the leading underscore keeps it out of node discovery).
+
+V3 API version: the pack imports ``comfy_api.v0_0_2``, the numbered version core's maintainers
+advise over ``comfy_api.latest`` (marked unstable). On both hosts of the matrix (0.3.75, 0.33.0)
+``v0_0_2`` re-exports latest's ``io``, ``ui`` and ``ComfyExtension`` unchanged, so today the
+two are the same objects and nothing behaves differently; the numbered import says which surface
+the pack is written against, so a core release that freezes ``v0_0_2`` or changes ``latest``
+keeps this pack on the surface it was tested with (tests/host/test_compat.py checks the import
+on every host and that no pack module reaches for ``latest``).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import logging
 import comfy.model_management
 import comfy.samplers
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 LOG = logging.getLogger("sd35-workbench")
 
@@ -109,6 +117,25 @@ def combo_options(node_id: str, input_name: str) -> list[str]:
 def vae_names() -> list[str]:
     """What core VAELoader offers: models/vae files plus the TAESD pairs found in vae_approx."""
     return combo_options("VAELoader", "vae_name")
+
+
+def weight_dtype_options() -> list[str]:
+    """What core's diffusion-model loader (UNETLoader) offers as weight_dtype on this host."""
+    return combo_options("UNETLoader", "weight_dtype")
+
+
+def weight_dtype_model_options(weight_dtype: str) -> dict:
+    """The ``model_options`` core's UNETLoader passes for a weight_dtype choice (same on 0.3.75 and
+    0.33.0; its mapping is inside ``load_unet``, so it is repeated here, once for the pack)."""
+    import torch
+
+    if weight_dtype == "fp8_e4m3fn":
+        return {"dtype": torch.float8_e4m3fn}
+    if weight_dtype == "fp8_e4m3fn_fast":
+        return {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True}
+    if weight_dtype == "fp8_e5m2":
+        return {"dtype": torch.float8_e5m2}
+    return {}
 
 
 def load_vae(name: str):

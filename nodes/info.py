@@ -1,9 +1,12 @@
-"""GET /sd35wb/info: the pack's version and node ids, for the frontend extension and for scripts."""
+"""GET /sd35wb/info: the pack's version and node ids; GET /sd35wb/overrides: which inputs override
+which (sd35wb/overrides.py), so the frontend greys out the widgets the reports call overridden."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+from ..sd35wb import overrides
 
 NODES: list = []  # routes only
 
@@ -27,3 +30,7 @@ def register_routes(server) -> None:
 
         ours = sorted(k for k in host_nodes.NODE_CLASS_MAPPINGS if k.startswith("SD35WB_"))
         return web.json_response({"name": "sd35-workbench", "version": pack_version(), "nodes": ours})
+
+    @server.routes.get("/sd35wb/overrides")
+    async def overrides_table(request):
+        return web.json_response(overrides.payload())

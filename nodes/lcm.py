@@ -16,10 +16,11 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..sd35wb import folders, lcm
 from ..sd35wb import grid as grid_mod
+from ..sd35wb import overrides as O
 from . import _compat as C
 from . import _lora
 
@@ -83,13 +84,15 @@ def check_lora(path: str, label: str, model_fam: str | None, input_name: str) ->
 
 
 def apply_lora(model, clip, option: str, strength: float, clip_strength: float = 0.0, input_name: str = "lcm_lora"):
-    """Family-checked LoRA through the host's patcher (weights are patched at load time, never copied)."""
+    """Family-checked LoRA through the host's patcher (weights are patched at load time, never copied).
+
+    Returns (model, clip, label): label names the LoRA that was applied (what 'auto' became), or None."""
     if strength == 0 and (clip is None or clip_strength == 0):
-        return model, clip
+        return model, clip, None
     fam = model_family(model)
     path, label = resolve_lora(option, fam, input_name)
     check_lora(path, label, fam, input_name)
-    return _lora.apply(model, clip, _lora.load(path), strength, clip_strength, label)
+    return (*_lora.apply(model, clip, _lora.load(path), strength, clip_strength, label), label)
 
 
 def lcm_sampling(model):
@@ -103,12 +106,31 @@ def check_cfg(cfg: float) -> None:
                          "Above about 2 images burn.")
 
 
-def prepare(model, lcm_lora: str, strength: float):
-    """LCM-LoRA + LCM model sampling on a clone of ``model``."""
-    m, _ = apply_lora(model, None, lcm_lora, strength)
-    if strength == 0:
+def prepare(model, lcm_lora: str, strength: float) -> tuple:
+    """LCM-LoRA + LCM model sampling on a clone of ``model``; also the report's LoRA line."""
+    m, _, label = apply_lora(model, None, lcm_lora, strength)
+    fam = model_family(model)
+    if label is None:
         LOG.info("[sd35-workbench] LCM-LoRA strength 0: LoRA not applied, LCM sampling only")
-    return lcm_sampling(m)
+        return lcm_sampling(m), f"LCM-LoRA: not applied (strength 0); model family {fam}"
+    return lcm_sampling(m), f"LCM-LoRA: {label} at strength {strength:g} (lcm_lora {lcm_lora!r}); model family {fam}"
+
+
+def lcm_report(node_id: str, title: str, lora_line: str, steps: str, cfg: float, scheduler: str, denoise: float,
+               seed: int, strength: float, lcm_lora: str, connected) -> str:
+    lines = [title, lora_line,
+             f"sampling: sampler lcm, model sampling lcm, {steps}, cfg {cfg:g}, scheduler {scheduler}, "
+             f"denoise {denoise:g}, seed {seed}"]
+    lines += O.report_lines(node_id, {"cfg": float(cfg), "strength": float(strength), "lcm_lora": lcm_lora}, {},
+                            connected)
+    return "\n".join(lines)
+
+
+def _report_output():
+    # Appended as the last output: saved workflows link outputs by index.
+    return io.String.Output("report", display_name="report", tooltip=(
+        "What ran: the LCM-LoRA file ('auto' resolved) and strength, steps, cfg, scheduler, seed; a note when an "
+        "input has no effect (the negative at cfg 1). Also shown on the node."))
 
 
 def sample(model, seed, steps, cfg, scheduler, positive, negative, latent, denoise, callback=None):
@@ -133,10 +155,13 @@ def _lora_input(name: str = "lcm_lora"):
 def _common_sampling_inputs(max_steps_name: str = "steps"):
     steps_tip = STEPS_TIP if max_steps_name == "steps" else "Render 1, 2, ... up to this many steps. " + STEPS_TIP
     return [
-        io.Conditioning.Input("positive"),
+        io.Conditioning.Input("positive", tooltip="The prompt's conditioning (CLIPTextEncode)."),
         io.Conditioning.Input("negative", tooltip="Only used when cfg is above 1.0."),
-        io.Latent.Input("latent_image"),
-        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+        io.Latent.Input("latent_image", tooltip="The latent to sample: an empty latent for text-to-image, an "
+                                                "encoded image with denoise below 1."),
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                     tooltip="Noise seed: the same seed gives the same noise as KSampler (and every render of a "
+                             "step sweep uses it)."),
         io.Int.Input(max_steps_name, default=lcm.DEFAULT_STEPS if max_steps_name == "steps" else lcm.MAX_STEPS,
                      min=lcm.MIN_STEPS, max=lcm.MAX_STEPS, tooltip=steps_tip),
         io.Float.Input("cfg", default=1.0, min=0.0, max=4.0, step=0.1, round=0.01, tooltip=CFG_TIP),
@@ -166,7 +191,7 @@ class LCMLoraSampler(io.ComfyNode):
                 io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.05, tooltip=STRENGTH_TIP),
                 *_common_sampling_inputs(),
             ],
-            outputs=[io.Latent.Output()],
+            outputs=[io.Latent.Output(), _report_output()],
         )
 
     @classmethod
@@ -174,8 +199,11 @@ class LCMLoraSampler(io.ComfyNode):
                 cfg: float, scheduler: str = DEFAULT_SCHEDULER, denoise: float = 1.0) -> io.NodeOutput:
         lcm.check_steps(steps)
         check_cfg(cfg)
-        m = prepare(model, lcm_lora, strength)
-        return io.NodeOutput(sample(m, seed, steps, cfg, scheduler, positive, negative, latent_image, denoise))
+        m, lora_line = prepare(model, lcm_lora, strength)
+        report = lcm_report("SD35WB_LCMLoraSampler", "LCM-LoRA Sampler", lora_line, f"steps {steps}", cfg, scheduler,
+                            denoise, seed, strength, lcm_lora, {"negative"} if negative is not None else set())
+        return io.NodeOutput(sample(m, seed, steps, cfg, scheduler, positive, negative, latent_image, denoise), report,
+                             ui={"text": [report]})
 
 
 class LCMLoraPatch(io.ComfyNode):
@@ -190,7 +218,7 @@ class LCMLoraPatch(io.ComfyNode):
                          "style LoRA (the 'LCM + style LoRA at 4 steps' recipe). Then sample with sampler 'lcm', "
                          "4-8 steps, cfg 1-2, scheduler sgm_uniform. Both LoRAs are family-checked."),
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="An SD1.5, SDXL, SSD-1B or Segmind Vega model (or a fine-tune)."),
                 _lora_input(),
                 io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.05, tooltip=STRENGTH_TIP),
                 io.Combo.Input("style_lora", options=[NONE, *_local_loras()], default=NONE,
@@ -213,9 +241,9 @@ class LCMLoraPatch(io.ComfyNode):
             fam = model_family(model)
             path, label = resolve_lora(style_lora, fam, "style_lora")
             check_lora(path, label, fam, "style_lora")
-        m, _ = apply_lora(model, None, lcm_lora, strength)
+        m, _, _ = apply_lora(model, None, lcm_lora, strength)
         if style_lora != NONE:
-            m, clip = apply_lora(m, clip, style_lora, style_strength, style_strength, input_name="style_lora")
+            m, clip, _ = apply_lora(m, clip, style_lora, style_strength, style_strength, input_name="style_lora")
         return io.NodeOutput(lcm_sampling(m), clip)
 
 
@@ -231,14 +259,16 @@ class LCMStepSweep(io.ComfyNode):
                          "image plus one labelled grid ('1 step', '2 steps', ...): the comparison for choosing a "
                          "step count (LCM-LoRA, arXiv 2311.05556). Each render equals the LCM-LoRA Sampler's."),
             inputs=[
-                io.Model.Input("model"),
-                io.Vae.Input("vae"),
+                io.Model.Input("model", tooltip="An SD1.5, SDXL, SSD-1B or Segmind Vega model (or a fine-tune)."),
+                io.Vae.Input("vae", tooltip="Decodes every render for the images and the grid (the model's own VAE, "
+                                            "or taesd / taesdxl for fast previews)."),
                 _lora_input(),
                 io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.05, tooltip=STRENGTH_TIP),
                 *_common_sampling_inputs("max_steps"),
             ],
             outputs=[io.Image.Output("images", tooltip="Every render, 1 step first (batch of max_steps x latents)."),
-                     io.Image.Output("grid", tooltip="The first image of each render, labelled with its step count.")],
+                     io.Image.Output("grid", tooltip="The first image of each render, labelled with its step count."),
+                     _report_output()],
         )
 
     @classmethod
@@ -246,7 +276,10 @@ class LCMStepSweep(io.ComfyNode):
                 max_steps: int, cfg: float, scheduler: str = DEFAULT_SCHEDULER, denoise: float = 1.0) -> io.NodeOutput:
         lcm.check_steps(max_steps, "max_steps")
         check_cfg(cfg)
-        m = prepare(model, lcm_lora, strength)
+        m, lora_line = prepare(model, lcm_lora, strength)
+        report = lcm_report("SD35WB_LCMStepSweep", "LCM-LoRA Step Sweep", lora_line, f"steps 1-{max_steps}", cfg,
+                            scheduler, denoise, seed, strength, lcm_lora,
+                            {"negative"} if negative is not None else set())
         counts = list(range(1, max_steps + 1))
         pbar = comfy.utils.ProgressBar(sum(counts))
         images = []
@@ -263,7 +296,8 @@ class LCMStepSweep(io.ComfyNode):
             images.append(img)
         grid = grid_mod.labelled_strip([im[0].detach().float().cpu().numpy() for im in images], grid_mod.step_labels(counts),
                                        columns=4 if len(counts) > 4 else None)
-        return io.NodeOutput(torch.cat(images, dim=0), torch.from_numpy(grid_mod.to_array(grid))[None])
+        return io.NodeOutput(torch.cat(images, dim=0), torch.from_numpy(grid_mod.to_array(grid))[None], report,
+                             ui={"text": [report]})
 
 
 

@@ -19,13 +19,15 @@ import comfy.patcher_extension
 import comfy.samplers
 import folder_paths
 import torch
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ..sd35wb import finetune, grid, sigma_plot, sigmas
 from . import _compat as C
 
 LOG = logging.getLogger("sd35-workbench")
 CATEGORY = "SD3.5 Workbench/schedulers"
+PATCH_CATEGORY = "SD3.5 Workbench/model patches"  # MODEL in, MODEL out: not schedulers
+GUIDER_CATEGORY = "SD3.5 Workbench/sampling"  # beside the SLG guider
 KSAMPLER_SCHEDULER = "sd35wb_ztsnr_trailing"
 
 
@@ -132,8 +134,10 @@ class HighSigmaScheduler(io.ComfyNode):
                 "timestep shift of the SD3 paper (Esser et al. 2024, sec. 5.3.2): shift x sqrt(pixels / base "
                 "pixels). The info output and the preview title say which rule was applied."),
             inputs=[
-                io.Model.Input("model"),
-                io.Int.Input("steps", default=30, min=1, max=10000),
+                io.Model.Input("model", tooltip="The model to schedule for: its family sets the base resolution and "
+                                                "its model sampling the sigma range."),
+                io.Int.Input("steps", default=30, min=1, max=10000,
+                             tooltip="Sampling steps; the output has steps + 1 sigmas, ending at 0."),
                 io.Int.Input("width", default=1024, min=8, max=16384, step=8,
                              tooltip="Canvas width in pixels (ignored when a latent is connected)."),
                 io.Int.Input("height", default=1024, min=8, max=16384, step=8,
@@ -243,7 +247,8 @@ class ZTSNRScheduler(io.ComfyNode):
                 "replaced by a finite stand-in. For discrete eps / v-prediction models (use a v-prediction model: "
                 "SD35WB_ZTSNRModelPatch makes ComfyUI sample it so)."),
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="A discrete (eps / v-prediction) model; its sigma table gives the "
+                                                "trailing spacing."),
                 io.Int.Input("steps", default=28, min=1, max=1000,
                              tooltip="Sampling steps; trailing spacing always starts at the last training timestep."),
                 io.Combo.Input("terminal_sigma", options=list(sigmas.TERMINAL_STANDINS), default="comfyui (4518.76)",
@@ -375,9 +380,6 @@ def apply_detection(model, detection: finetune.Detection | None, prediction: str
         raise ValueError(f"prediction: unknown {prediction!r}; expected one of {PREDICTION_CHOICES}.")
     if zsnr not in ZSNR_CHOICES:
         raise ValueError(f"zsnr: unknown {zsnr!r}; expected one of {ZSNR_CHOICES}.")
-    if detection is None and "auto" in (prediction, zsnr):
-        raise ValueError("detect_from: prediction / zsnr 'auto' needs the file the model was loaded from; pick it in "
-                         "detect_from, or choose prediction and zsnr explicitly.")
     ms = _model_sampling(model)
     flow = is_flow(ms)
     if flow or (detection is not None and detection.prediction.value == "flow" and prediction == "auto"):
@@ -385,30 +387,44 @@ def apply_detection(model, detection: finetune.Detection | None, prediction: str
             return model, f"flow matching: left as loaded ({detection.summary() if detection else 'no detection'})"
         raise ValueError("model: this is a flow-matching model (SD3 / SD3.5 / Flux sampling); SD35WB_ZTSNRModelPatch "
                          "patches discrete eps / v-prediction models only.")
+    is_v = isinstance(ms, comfy.model_sampling.V_PREDICTION)  # V_PREDICTION subclasses EPS
+    # No file to read: 'auto' is what ComfyUI itself made of the model (its loader reads the v_pred /
+    # ztsnr marker keys into model_sampling; an upstream ModelSamplingDiscrete shows there too).
+    loaded = f"as ComfyUI loaded it, {'v-prediction' if is_v else 'eps'}"
     if prediction == "auto":
-        pred = "v_prediction" if detection.prediction.value == "v" else "eps"
-        pred_src = f"auto: {detection.prediction.source}"
+        if detection is None:
+            pred, pred_src = ("v_prediction" if is_v else "eps"), f"auto: {loaded}"
+        else:
+            pred = "v_prediction" if detection.prediction.value == "v" else "eps"
+            pred_src = f"auto: {detection.prediction.source}"
     else:
         pred, pred_src = prediction, "set on the node"
     if zsnr == "auto":
-        on = detection.zsnr.value == "yes"
-        zsnr_src = f"auto: {detection.zsnr.source}" + (" (unknown: left off)" if detection.zsnr.value == "unknown" else "")
+        if detection is None:
+            on = bool(getattr(ms, "zsnr", False))
+            zsnr_src = f"auto: {loaded}, zsnr {'on' if on else 'off'}"
+        else:
+            on = detection.zsnr.value == "yes"
+            zsnr_src = f"auto: {detection.zsnr.source}" + (" (unknown: left off)" if detection.zsnr.value == "unknown" else "")
     else:
         on, zsnr_src = zsnr == "on", "set on the node"
     sampling_type = _sampling_class(pred)
     lines: list[str] = []
     if detection is not None:
         lines.append(f"detected: {detection.summary()}")
+    elif "auto" in (prediction, zsnr):
+        lines.append("detected: no detect_from file, so 'auto' follows what ComfyUI loaded (it reads the v_pred / "
+                     "ztsnr marker keys); pick the file in detect_from to read its metadata and training configs too")
     lines.append(f"applied: {pred} [{pred_src}], zsnr {'on' if on else 'off'} [{zsnr_src}]")
     if on:
         lines.append(f"zero-SNR: avoid {' / '.join(finetune.ZSNR_UNSAFE_SAMPLERS)} (they collapse); "
                      f"{finetune.ZSNR_ALTERNATIVE if finetune.ZSNR_ALTERNATIVE in comfy.samplers.KSAMPLER_NAMES else finetune.ZSNR_FALLBACK} "
                      "is the safe choice")
     summary = "\n".join(lines)
-    is_v = isinstance(ms, comfy.model_sampling.V_PREDICTION)  # V_PREDICTION subclasses EPS
     same = isinstance(ms, comfy.model_sampling.ModelSamplingDiscrete) and is_v == (pred == "v_prediction") \
         and bool(getattr(ms, "zsnr", False)) == on
-    if only_if_needed and (same or (pred == "eps" and not on)):  # eps + no zsnr: ComfyUI's own choice (EDM too)
+    as_loaded = detection is None and prediction == zsnr == "auto"  # nothing to change: keep any custom sampling
+    if as_loaded or (only_if_needed and (same or (pred == "eps" and not on))):  # eps + no zsnr: ComfyUI's own choice (EDM too)
         if not on:
             return model, summary + "\n(the host already samples it so: left as loaded)"
         m = model.clone()  # only for the sampler warning
@@ -443,7 +459,7 @@ class ZTSNRModelPatch(io.ComfyNode):
             node_id="SD35WB_ZTSNRModelPatch",
             **C.search_aliases("zero terminal snr", "v-prediction", "zsnr"),
             display_name="ZTSNR / v-prediction Model Patch",
-            category=CATEGORY,
+            category=PATCH_CATEGORY,
             description=(
                 "Samples a discrete model as v-prediction and/or with the zero-terminal-SNR sigma table (Lin et al. "
                 "2023), exactly like core ModelSamplingDiscrete. 'auto' reads the file the model came from "
@@ -451,16 +467,22 @@ class ZTSNRModelPatch(io.ComfyNode):
                 "prediction and zero-SNR are decided separately, each with its source shown on the node. For "
                 "v-pred fine-tunes whose files lack the 'v_pred' / 'ztsnr' marker keys ComfyUI looks for."),
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="A discrete SD1.5 / SD2 / SDXL-family model (not a flow model such as "
+                                                "SD3.5); it comes back cloned, sampled as chosen."),
                 io.Combo.Input("prediction", options=PREDICTION_CHOICES, default="auto",
                                tooltip="What the network predicts. auto: what detect_from's file says (eps when it "
-                                       "says nothing). ZTSNR needs v_prediction (eps is undefined at SNR 0)."),
+                                       "says nothing); with no file, what ComfyUI loaded (its 'v_pred' marker key, "
+                                       "or an upstream ModelSamplingDiscrete). ZTSNR needs v_prediction (eps is "
+                                       "undefined at SNR 0)."),
                 io.Combo.Input("zsnr", options=ZSNR_CHOICES, default="auto",
                                tooltip="Zero-terminal-SNR sigma table (terminal 4518.76). auto: on only when a source "
-                                       "says the model was trained so (some v-pred models break with it, e.g. EasyFluff)."),
+                                       "says the model was trained so (some v-pred models break with it, e.g. "
+                                       "EasyFluff); with no file, as ComfyUI loaded it (its 'ztsnr' marker key)."),
                 io.Combo.Input("detect_from", options=detect_from_choices(), default="none", optional=True,
-                               tooltip="The file the model was loaded from, read for 'auto' (header only). Explicit "
-                                       "prediction / zsnr choices win over what it says."),
+                               tooltip="The file the model was loaded from, read for 'auto' (header only): metadata "
+                                       "and a SimpleTuner run's configs, beyond the marker keys ComfyUI reads. "
+                                       "none: 'auto' keeps what ComfyUI loaded. Explicit prediction / zsnr choices "
+                                       "win over what it says."),
             ],
             outputs=[io.Model.Output(), io.String.Output(display_name="detected",
                                                          tooltip="What was detected (with sources) and applied.")],
@@ -525,15 +547,16 @@ class RescaleCFG(io.ComfyNode):
         return io.Schema(
             node_id="SD35WB_RescaleCFG",
             **C.search_aliases("cfg rescale", "rescale cfg", "zero terminal snr"),
-            display_name="Rescale CFG (v-space, chainable)",
-            category=CATEGORY,
+            display_name="ZTSNR Rescale CFG (v-space, chainable)",  # core has "RescaleCFG": tell them apart
+            category=PATCH_CATEGORY,
             description=(
                 "Lin et al. 2023 sec. 3.4: rescale the CFG result to the standard deviation of the positive prediction "
                 "in v-space, blended by multiplier (phi; 0.7 in the paper), against over-exposure with zero terminal "
                 "SNR. Same numbers as core RescaleCFG, but added as a post-CFG function so it chains with other "
                 "packs' CFG functions instead of replacing them."),
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="The model to add the CFG rescale to (a clone; other post-CFG "
+                                                "functions already set stay in the chain)."),
                 io.Float.Input("multiplier", default=0.7, min=0.0, max=1.0, step=0.01,
                                tooltip="phi: 0 = plain CFG, 1 = fully rescaled. 0.7 from Lin et al. 2023."),
             ],
@@ -589,17 +612,18 @@ class ZTSNRGuider(io.ComfyNode):
         return io.Schema(
             node_id="SD35WB_ZTSNRGuider",
             **C.search_aliases("ztsnr", "cond only first steps"),
-            display_name="CFG Guider (skip CFG on first steps)",
-            category=CATEGORY,
+            display_name="ZTSNR CFG Guider (skip CFG on first steps)",  # core has "CFGGuider": tell them apart
+            category=GUIDER_CATEGORY,
             description=(
                 "Core CFG guider, except that the first step(s) of the schedule use the positive prediction alone "
                 "(no negative pass). With zero terminal SNR the first step is at sigma ~4518-20000 where the input is "
                 "pure noise and the model predicts the data mean; CFG there only extrapolates between two means. "
                 "Connect to SamplerCustomAdvanced with the ZTSNR scheduler's SIGMAS."),
             inputs=[
-                io.Model.Input("model"),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
+                io.Model.Input("model", tooltip="The model to guide (typically patched by the ZTSNR Model Patch)."),
+                io.Conditioning.Input("positive", tooltip="The prompt's conditioning."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt's conditioning; not evaluated on the "
+                                                          "cond-only first steps."),
                 io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="CFG scale for the remaining steps (NovelAI V3 uses 3.5-5 with ZTSNR)."),
                 io.Int.Input("cond_only_steps", default=1, min=0, max=10000,
@@ -634,7 +658,8 @@ class SigmaPreview(io.ComfyNode):
             description=("Draws a SIGMAS schedule (sigma per step, log axis) as an image and shows it on the node; "
                          "with a model connected, also core's schedule for the same model and step count."),
             inputs=[
-                io.Sigmas.Input("sigmas"),
+                io.Sigmas.Input("sigmas", tooltip="The schedule to plot (any SIGMAS output: BasicScheduler, the "
+                                                  "pack's schedulers)."),
                 io.String.Input("title", default="", tooltip="Title line of the plot (empty: a summary of the schedule)."),
                 io.Combo.Input("compare_with", options=["none", *comfy.samplers.SCHEDULER_NAMES], default="simple",
                                tooltip="Core scheduler drawn for comparison when a model is connected ('simple' is "

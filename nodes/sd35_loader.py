@@ -20,9 +20,10 @@ import comfy.sd
 import comfy.utils
 import folder_paths
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..sd35wb import folders, hub, presets
+from ..sd35wb import overrides as O
 from ..sd35wb import sd3_inspect as si
 from . import _compat as C
 
@@ -45,6 +46,20 @@ def model_options() -> list[str]:
     (so a shared workflow naming sd3.5_large.safetensors validates and can be fetched)."""
     have = sorted({n for f in MODEL_FOLDERS for n in folder_paths.get_filename_list(f)})
     return have + [n for n in _known("checkpoints") if n not in have]
+
+
+def default_model_name(options: list[str]) -> str:
+    """An SD3.5 file to start on (published names, SD3.5 in the name, then an SD3 header)."""
+    have = [n for n in options if _first_path(MODEL_FOLDERS, n)]
+
+    def is_sd3(name: str) -> bool:
+        try:
+            si.inspect_model(_first_path(MODEL_FOLDERS, name), "model_name")
+        except (OSError, ValueError):
+            return False
+        return True
+
+    return si.default_model(have, _known("checkpoints")[0], is_sd3)
 
 
 def text_encoder_options() -> list[str]:
@@ -130,10 +145,38 @@ def settings_for(variant: str, shift: float) -> dict:
     return s
 
 
+def loader_report(model_name, info, chosen, why, settings, te_paths, ckpt_clip, vae, weight_dtype, dtype,
+                  t5xxl, t5_dtype) -> str:
+    """What the loader loaded and recommends, one line each (the node's report output and text)."""
+    slg = settings["slg"]
+    slg_text = (f"layers {', '.join(map(str, slg['layers']))}, scale {slg['scale']:g}, window {slg['start']:g}-"
+                f"{slg['end']:g} of {slg['gating']}") if slg["layers"] and slg["scale"] else "off"
+    if te_paths:
+        te = ", ".join(f"{k} {os.path.basename(p)}" + (" (stored as fp8_e4m3fn)" if k == "t5xxl" and
+                                                       t5_dtype == "fp8_e4m3fn" else "")
+                       for k, p in te_paths.items())
+    else:
+        te = f"the {', '.join(info.text_encoders)} inside the file" if ckpt_clip else "none (CLIP output is None)"
+    lines = [
+        f"SD3.5 Loader: {model_name}: {info.describe()}",
+        f"variant: {chosen} ({why})",
+        f"settings: steps {settings['steps']}, cfg {settings['cfg']:g}, sampler {settings['sampler_name']}, "
+        f"scheduler {settings['scheduler']}, shift {settings['shift']:g}; SLG {slg_text}",
+        f"text encoders: {te}",
+        f"vae: {'the one inside the file' if vae == FROM_CHECKPOINT else vae}",
+        f"weights: {str(dtype).replace('torch.', '')} (weight_dtype {weight_dtype})",
+    ]
+    # t5_dtype counts as given only when set: its default is no choice the user made
+    given = {"t5xxl": t5xxl, "t5_dtype": None if t5_dtype == "default" else t5_dtype}
+    lines += O.report_lines("SD35WB_SD35Loader", given, {}, set())
+    return "\n".join(lines)
+
+
 class SD35Loader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         te_opts = text_encoder_options()
+        models = model_options()
         return io.Schema(
             node_id="SD35WB_SD35Loader",
             **C.search_aliases("sd3.5", "stable diffusion 3.5", "mmdit loader", "sd3 loader"),
@@ -147,11 +190,12 @@ class SD35Loader(io.ComfyNode):
                 "Defaults follow Stability AI's SD3.5 reference (sd3_infer.py); MMDiT: Esser et al. 2024, "
                 "arXiv:2403.03206. Every file is checked from its header before loading."),
             inputs=[
-                io.Combo.Input("model_name", options=model_options(),
+                io.Combo.Input("model_name", options=models, default=default_model_name(models),
                                tooltip="SD3.5 diffusion model from models/checkpoints or models/diffusion_models "
                                        "(single-file, with or without the VAE inside, or diffusers layout). "
                                        "sd3.5_medium / sd3.5_large / sd3.5_large_turbo are listed even when "
-                                       "missing, so fetch_missing can download them."),
+                                       "missing, so fetch_missing can download them. A new node starts on an "
+                                       "SD3.5 file found on disk (else sd3.5_medium.safetensors)."),
                 io.Combo.Input("variant", options=list(si.VARIANT_CHOICES), default="auto",
                                tooltip="auto: Medium (MMDiT-X attn2, 24 blocks) or Large (38 blocks) from the weights; "
                                        "Large Turbo has Large's shapes, so auto picks it only when the file name "
@@ -180,6 +224,13 @@ class SD35Loader(io.ComfyNode):
                                          "right ComfyUI folders (or link them from the HF cache). The repos are gated: "
                                          "accept the license on huggingface.co, then `hf auth login` or set HF_TOKEN. "
                                          "The token is never a node input (inputs are saved in every PNG)."),
+                # Appended, and optional: saved workflows and API prompts from before keep their widget order.
+                io.Combo.Input("weight_dtype", **C.advanced(), options=C.weight_dtype_options(), default="default",
+                               optional=True,
+                               tooltip="Storage dtype of the diffusion model's weights, as in core's diffusion-model "
+                                       "loader: fp8_e4m3fn / fp8_e5m2 halve its memory (Large: about 8 GB instead "
+                                       "of 16, for 8-16 GB GPUs) at a small quality cost; fp8_e4m3fn_fast also "
+                                       "computes in fp8 on GPUs that support it. default: the file's own dtype."),
             ],
             outputs=[
                 io.Model.Output(),
@@ -188,20 +239,29 @@ class SD35Loader(io.ComfyNode):
                 SETTINGS.Output(display_name="settings",
                                 tooltip="Recommended steps, cfg, sampler, scheduler, shift and SLG for the variant "
                                         "(Stability's reference); feed the SD3.5 Workbench SLG sampler / guider."),
+                # Appended as the last output: saved workflows link outputs by index.
+                io.String.Output("report", display_name="report",
+                                 tooltip="What was loaded: the file, the variant detected (and why), the settings "
+                                         "it recommends, text encoders, VAE and the weights' dtype. Also shown on "
+                                         "the node."),
             ],
         )
 
     @classmethod
     def execute(cls, model_name: str, variant: str, clip_l: str, clip_g: str, t5xxl: str, t5_dtype: str, vae: str,
-                shift: float, fetch_missing: bool) -> io.NodeOutput:
+                shift: float, fetch_missing: bool, weight_dtype: str = "default") -> io.NodeOutput:
         try:
-            return cls._load(model_name, variant, clip_l, clip_g, t5xxl, t5_dtype, vae, shift, fetch_missing)
+            return cls._load(model_name, variant, clip_l, clip_g, t5xxl, t5_dtype, vae, shift, fetch_missing,
+                             weight_dtype)
         except si.ModelFileError as e:  # shown as a plain ValueError, without our module path
             raise ValueError(str(e)) from None
 
     @classmethod
     def _load(cls, model_name: str, variant: str, clip_l: str, clip_g: str, t5xxl: str, t5_dtype: str, vae: str,
-              shift: float, fetch_missing: bool) -> io.NodeOutput:
+              shift: float, fetch_missing: bool, weight_dtype: str = "default") -> io.NodeOutput:
+        if weight_dtype not in C.weight_dtype_options():
+            raise ValueError(f"weight_dtype: unknown choice {weight_dtype!r}; expected one of "
+                             f"{C.weight_dtype_options()} (what core's diffusion-model loader offers)")
         if variant not in si.VARIANT_CHOICES:
             raise ValueError(f"variant: unknown choice {variant!r}; expected one of {list(si.VARIANT_CHOICES)}")
         if t5_dtype not in ("default", "fp8_e4m3fn"):
@@ -274,20 +334,23 @@ class SD35Loader(io.ComfyNode):
                      ", ".join(info.text_encoders), model_name)
         embeddings = folder_paths.get_folder_paths("embeddings")
         out_vae = None
+        dtype_options = C.weight_dtype_model_options(weight_dtype)
         if info.is_checkpoint:
             model, ckpt_clip, ckpt_vae, _ = comfy.sd.load_checkpoint_guess_config(
                 model_path, output_vae=(vae == FROM_CHECKPOINT), output_clip=want_ckpt_clip,
-                embedding_directory=embeddings)
+                embedding_directory=embeddings, model_options=dtype_options)
             out_vae = ckpt_vae
         else:
-            model, ckpt_clip = comfy.sd.load_diffusion_model(model_path), None
+            model, ckpt_clip = comfy.sd.load_diffusion_model(model_path, model_options=dtype_options), None
         if type(model.model.model_config).__name__ != "SD3":
             raise ValueError(f"model_name: the host loaded {model_name} as {type(model.model.model_config).__name__}, "
                              "not SD3; expected an SD3.5 model.")
         clip = ckpt_clip if want_ckpt_clip else cls._load_clip(te_paths, t5_dtype, embeddings)
         if vae != FROM_CHECKPOINT:
             out_vae = C.load_vae(vae)
-        return io.NodeOutput(shifted(model, shift), clip, out_vae, settings)
+        report = loader_report(model_name, info, chosen, why, settings, te_paths, want_ckpt_clip, vae, weight_dtype,
+                               model.model_dtype(), t5xxl, t5_dtype)
+        return io.NodeOutput(shifted(model, shift), clip, out_vae, settings, report, ui={"text": [report]})
 
     @staticmethod
     def _check_vae_choice(info: si.ModelInfo, vae: str) -> None:

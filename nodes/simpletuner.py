@@ -14,7 +14,7 @@ import logging
 import os
 
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..sd35wb import linker, simpletuner
 from . import _compat as C

@@ -31,8 +31,9 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
+from ..sd35wb import overrides as O
 from ..sd35wb import presets as presets_mod
 from ..sd35wb import slg as S
 from . import _compat as C
@@ -44,6 +45,13 @@ SKIP_INDEX = 2  # position of the positive-for-skip cond in our calc_cond_batch 
 PRESETS = presets_mod.SLG_PRESETS
 PRESET_NAMES = ["from settings", *PRESETS, "custom"]
 IMPLEMENTATIONS = ["batched", "separate pass"]
+# Appended as the last output: saved workflows link outputs by index.
+
+
+def _report_output():
+    return io.String.Output("report", display_name="report", tooltip=(
+        "The values that ran (sampling, SLG layers / scale / window) and where each came from; a warning line for "
+        "every value on the node that settings or the preset replaced. Also shown on the node."))
 _REF = presets_mod.SLG_STABILITY_MEDIUM  # widget defaults: Stability's SD3.5 Medium reference
 
 CITE = ("SLG after Stability AI's SD3.5 reference (sd3_impls.SkipLayerCFGDenoiser) and ComfyUI core "
@@ -373,8 +381,10 @@ def _check_settings(settings):
 
 
 def build_guider(model, positive, negative, cfg, preset, layers, scale, start, end, gating, rescale,
-                 implementation, settings=None) -> SLGGuider:
-    """Validate every input against the model, then make the guider (no work starts here)."""
+                 implementation, settings=None) -> tuple[SLGGuider, dict]:
+    """Validate every input against the model, then make the guider (no work starts here).
+
+    Returns the guider and the SLG values it runs with (for the node's report)."""
     _check_settings(settings)
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation: {implementation!r} is not one of {IMPLEMENTATIONS}")
@@ -391,7 +401,25 @@ def build_guider(model, positive, negative, cfg, preset, layers, scale, start, e
     guider.set_cfg(cfg)
     guider.set_slg(layer_list, slg["scale"], slg["start"], slg["end"], slg["gating"], rescale,
                    batched=(implementation == "batched"))
-    return guider
+    return guider, {**slg, "layers": S.format_layers(layer_list)}
+
+
+def slg_report(node_id: str, title: str, sampling: dict, sampling_src: str, slg: dict, given: dict, connected,
+               preset: str, settings) -> str:
+    """The node's report: the values that ran, where they came from, and a warning for every value
+    the prompt gave that an override replaced (the overrides table decides which)."""
+    lines = [title, "sampling: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                                             for k, v in sampling.items()) + f" (from {sampling_src})",
+             S.describe_slg(slg, S.slg_source(preset, settings))]
+    shown = {**given, "layers": S.normalize_layers(given["layers"])}
+    lines += O.report_lines(node_id, shown, {**sampling, **slg}, connected)
+    return "\n".join(lines)
+
+
+def _sampling_source(settings, sampling_from_settings: bool) -> str:
+    if settings and sampling_from_settings:
+        return f"settings for {settings.get('variant', '?')}"
+    return "the widgets" + (" (sampling_from_settings off)" if settings else "")
 
 
 def slg_inputs() -> list:
@@ -449,14 +477,14 @@ class SLGGuiderNode(io.ComfyNode):
             description=CITE + " A GUIDER for SamplerCustomAdvanced.",
             inputs=[
                 io.Model.Input("model", tooltip="An SD3 / SD3.5 model (MMDiT); SD3.5 Medium is what SLG was tuned for."),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
+                io.Conditioning.Input("positive", tooltip="The prompt's conditioning (CLIPTextEncode with the SD3.5 CLIP); the SLG pass skips layers on this one."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt's conditioning (an empty prompt is common for SD3.5)."),
                 io.Float.Input("cfg", default=presets_mod.VARIANTS["medium"]["cfg"], min=0.0, max=100.0, step=0.1,
                                round=0.01, tooltip="CFG scale. Stability's reference: 4.0 for Medium with SLG, "
                                                    "4.5 Large, 1.0 Large Turbo."),
                 *slg_inputs(),
             ],
-            outputs=[io.Guider.Output()],
+            outputs=[io.Guider.Output(), _report_output()],
         )
 
     @classmethod
@@ -464,11 +492,16 @@ class SLGGuiderNode(io.ComfyNode):
                 end: float, gating: str, rescale: float = 0.0, implementation: str = "batched", settings=None,
                 sampling_from_settings: bool = True) -> io.NodeOutput:
         _check_settings(settings)
+        given = dict(cfg=cfg, preset=preset, layers=layers, scale=scale, start=start, end=end, gating=gating,
+                     sampling_from_settings=sampling_from_settings)
         if settings and sampling_from_settings and "cfg" in settings:
             cfg = float(settings["cfg"])
-        guider = build_guider(model, positive, negative, cfg, preset, layers, scale, start, end, gating, rescale,
-                              implementation, settings)
-        return io.NodeOutput(guider)
+        guider, slg = build_guider(model, positive, negative, cfg, preset, layers, scale, start, end, gating, rescale,
+                                   implementation, settings)
+        report = slg_report("SD35WB_SLGGuider", "SD3.5 SLG Guider", {"cfg": float(cfg)},
+                            _sampling_source(settings, sampling_from_settings), slg, given,
+                            {"settings"} if settings is not None else set(), preset, settings)
+        return io.NodeOutput(guider, report, ui={"text": [report]})
 
 
 class SLGSamplerNode(io.ComfyNode):
@@ -483,9 +516,10 @@ class SLGSamplerNode(io.ComfyNode):
             description=CITE + " KSampler-shaped; with settings connected the defaults follow the model.",
             inputs=[
                 io.Model.Input("model", tooltip="An SD3 / SD3.5 model (MMDiT); SD3.5 Medium is what SLG was tuned for."),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
-                io.Latent.Input("latent_image"),
+                io.Conditioning.Input("positive", tooltip="The prompt's conditioning (CLIPTextEncode with the SD3.5 CLIP); the SLG pass skips layers on this one."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt's conditioning (an empty prompt is common for SD3.5)."),
+                io.Latent.Input("latent_image", tooltip="The latent to sample: EmptySD3LatentImage for text-to-image, "
+                                                        "an encoded image with denoise below 1."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="Noise seed (same noise as KSampler for the same seed)."),
                 io.Int.Input("steps", default=medium["steps"], min=1, max=10000, tooltip=(
@@ -501,7 +535,7 @@ class SLGSamplerNode(io.ComfyNode):
                                tooltip="1.0 for text-to-image; lower keeps more of the input latent."),
                 *slg_inputs(),
             ],
-            outputs=[io.Latent.Output()],
+            outputs=[io.Latent.Output(), _report_output()],
         )
 
     @classmethod
@@ -510,6 +544,9 @@ class SLGSamplerNode(io.ComfyNode):
                 gating: str, rescale: float = 0.0, implementation: str = "batched", settings=None,
                 sampling_from_settings: bool = True) -> io.NodeOutput:
         _check_settings(settings)
+        given = dict(steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, preset=preset,
+                     layers=layers, scale=scale, start=start, end=end, gating=gating,
+                     sampling_from_settings=sampling_from_settings)
         if settings and sampling_from_settings:
             steps = int(settings.get("steps", steps))
             cfg = float(settings.get("cfg", cfg))
@@ -519,13 +556,18 @@ class SLGSamplerNode(io.ComfyNode):
             raise ValueError(f"sampler_name: {sampler_name!r} is not a sampler this ComfyUI knows")
         if scheduler not in comfy.samplers.SCHEDULER_NAMES:
             raise ValueError(f"scheduler: {scheduler!r} is not a scheduler this ComfyUI knows")
-        guider = build_guider(model, positive, negative, cfg, preset, layers, scale, start, end, gating, rescale,
-                              implementation, settings)
+        guider, slg = build_guider(model, positive, negative, cfg, preset, layers, scale, start, end, gating, rescale,
+                                   implementation, settings)
+        sampling = {"steps": int(steps), "cfg": float(cfg), "sampler_name": sampler_name, "scheduler": scheduler,
+                    "denoise": float(denoise), "seed": int(seed)}
+        report = slg_report("SD35WB_SLGSampler", "SD3.5 SLG Sampler", sampling,
+                            _sampling_source(settings, sampling_from_settings), slg, given,
+                            {"settings"} if settings is not None else set(), preset, settings)
         callback = latent_preview.prepare_callback(model, steps)
         out = latent_image.copy()
         out["samples"] = sample_with_guider(guider, model, latent_image, seed, steps, sampler_name, scheduler, denoise,
                                             callback).to(comfy.model_management.intermediate_device())
-        return io.NodeOutput(out)
+        return io.NodeOutput(out, report, ui={"text": [report]})
 
 
 def sample_with_guider(guider, model, latent_image: dict, seed: int, steps: int, sampler_name: str, scheduler: str,

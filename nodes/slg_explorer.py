@@ -34,9 +34,10 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..sd35wb import grid as G
+from ..sd35wb import overrides as O
 from ..sd35wb import presets as presets_mod
 from ..sd35wb import slg as S
 from ..sd35wb import slg_explorer as E
@@ -345,8 +346,9 @@ class SLGSensitivityMapNode(io.ComfyNode):
                         "strongly through; try them (and their neighbours) in the SLG Layer Explorer.",
             inputs=[
                 io.Model.Input("model", tooltip="An SD3 / SD3.5 model (MMDiT): Medium has 24 joint blocks, Large 38."),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
+                io.Conditioning.Input("positive", tooltip="The prompt's conditioning; every skip variant is a "
+                                                          "pass of this one with blocks skipped."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt's conditioning (plain CFG)."),
                 io.Latent.Input("latent_image", tooltip="The latent you would sample (EmptySD3LatentImage)."),
                 *_sampling_inputs(include_scale=False),
                 io.Int.Input("probes", default=1, min=1, max=16, tooltip=(
@@ -419,8 +421,9 @@ class SLGLayerExplorerNode(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="An SD3 / SD3.5 model (MMDiT): Medium has 24 joint blocks, Large 38."),
                 io.Vae.Input("vae", tooltip="Decodes every render for the images and the grid."),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
+                io.Conditioning.Input("positive", tooltip="The prompt's conditioning; every skip variant is a "
+                                                          "pass of this one with blocks skipped."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt's conditioning (plain CFG)."),
                 io.Latent.Input("latent_image", tooltip="The latent to sample (EmptySD3LatentImage)."),
                 *_sampling_inputs(include_scale=True),
                 io.String.Input("candidates", default="7,8,9 | 6 | 10,11", tooltip=(
@@ -437,6 +440,10 @@ class SLGLayerExplorerNode(io.ComfyNode):
                                 tooltip="One labelled grid of all renders (baseline first)."),
                 io.Latent.Output("latents", display_name="latents", tooltip="The renders' latents, in the same order."),
                 io.String.Output("labels", display_name="labels", tooltip="One label per render, one per line."),
+                # Appended as the last output: saved workflows link outputs by index.
+                io.String.Output("report", display_name="report", tooltip=(
+                    "What ran: sampling values, the SLG window and scale, each candidate's layers and how many steps "
+                    "all renders shared. Also shown on the node.")),
             ],
         )
 
@@ -465,6 +472,7 @@ class SLGLayerExplorerNode(io.ComfyNode):
                                 callback=progress.callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
                                 seed=seed)
             latents.append(out.to(comfy.model_management.intermediate_device()))
+        shared_steps = len(shared.entries)
         shared.entries.clear()
         labels = ["baseline (CFG)"] + [E.candidate_label(c) for c in cands]
         batch = samples.shape[0]
@@ -483,7 +491,18 @@ class SLGLayerExplorerNode(io.ComfyNode):
         out.pop("noise_mask", None)
         out.pop("batch_index", None)
         out["samples"] = torch.cat(latents)
-        return io.NodeOutput(images, torch.from_numpy(G.to_array(grid))[None], out, "\n".join(labels))
+        report = "\n".join([
+            "SD3.5 SLG Layer Explorer",
+            f"sampling: steps {steps}, cfg {cfg:g}, sampler_name {sampler_name}, scheduler {scheduler}, seed {seed}",
+            "SLG for every candidate: " + S.describe_window({"scale": scale, "start": start, "end": end,
+                                                              "gating": gating}),
+            f"renders: baseline (plain CFG) + {len(cands)} candidate(s): "
+            + " | ".join(S.format_layers(c) for c in cands) + f" of {block_count} joint blocks",
+            f"shared: {shared_steps} model call(s) before the SLG window computed once for every render",
+            *O.report_lines("SD35WB_SLGLayerExplorer", {"scale": float(scale), "candidates": candidates}, {}, set()),
+        ])
+        return io.NodeOutput(images, torch.from_numpy(G.to_array(grid))[None], out, "\n".join(labels), report,
+                             ui={"text": [report]})
 
 
 NODES = [SLGSensitivityMapNode, SLGLayerExplorerNode]

@@ -349,3 +349,31 @@ def check_vae(path: str, what: str = "vae") -> None:
         fam = " (an SD1.x / SD2.x / SDXL VAE)" if ch == 4 else ""
         raise ModelFileError(f"{what}: {_name(path)} is a {ch}-channel VAE{fam}; SD3.5 needs the 16-channel SD3 VAE "
                              "(use 'from checkpoint' with Stability's single-file model, or taesd3 for previews).")
+
+
+# Names SD3.5 files are published under (Stability's repos, Comfy-Org's fp8 repackages), and the
+# words people keep when they rename them.
+PUBLISHED_SD35 = ("sd3.5_medium.safetensors", "sd3.5_large.safetensors", "sd3.5_large_turbo.safetensors",
+                  "sd3.5_large_fp8_scaled.safetensors", "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors")
+_SD35_WORDS = re.compile(r"sd[\s._-]*3[._-]?5|stable[\s._-]*diffusion[\s._-]*3[._-]?5", re.IGNORECASE)
+HEADER_PROBES = 32  # files whose headers a default may read (the node list is built on every /object_info)
+
+
+def default_model(names, fallback: str, is_sd3=None) -> str:
+    """The file a new SD3.5 Loader starts on: a published SD3.5 name on disk, then a file whose name
+    says SD3.5, then any SD3 file (``is_sd3(name)``, a header check, also applied to the names that
+    say SD3.5: a broken or renamed file is skipped); else ``fallback`` (a name fetch_missing can
+    download). Never merely the alphabetically first file."""
+    names = list(names)
+    base = {n: re.split(r"[\\/]", n)[-1] for n in names}
+    for pub in PUBLISHED_SD35:
+        for n in names:
+            if base[n] == pub:
+                return n
+    ok = is_sd3 or (lambda n: True)
+    probes = [n for n in names if n.lower().endswith(".safetensors")][:HEADER_PROBES]
+    said = [n for n in probes if _SD35_WORDS.search(base[n])]
+    for n in said + ([n for n in probes if n not in said] if is_sd3 is not None else []):
+        if ok(n):
+            return n
+    return fallback

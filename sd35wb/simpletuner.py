@@ -261,6 +261,25 @@ def parse_include(spec) -> tuple[str, ...]:
     return tuple(c for c in CATEGORIES if c in items)
 
 
+# How to set the variable where ComfyUI is started; the error says it because the node cannot.
+ROOTS_HOWTO = (
+    "set SD35WB_TRAINING_ROOTS to the folder(s) holding your SimpleTuner output_dirs (several: separated by ':' "
+    "on Linux/macOS, ';' on Windows), then restart ComfyUI:\n"
+    "- shell: export SD35WB_TRAINING_ROOTS=/data/simpletuner-runs (before python main.py; Windows cmd: "
+    "set SD35WB_TRAINING_ROOTS=D:\\runs, PowerShell: $env:SD35WB_TRAINING_ROOTS='D:\\runs')\n"
+    "- portable build: add the line  set SD35WB_TRAINING_ROOTS=D:\\runs  to run_nvidia_gpu.bat (or run_cpu.bat) "
+    "above the python_embeded line\n"
+    "- systemd unit: Environment=SD35WB_TRAINING_ROOTS=/data/simpletuner-runs under [Service] "
+    "(systemctl edit <unit>), then systemctl restart <unit>\n"
+    "- ComfyUI Desktop app: it inherits your user environment: on Windows setx SD35WB_TRAINING_ROOTS \"D:\\runs\" "
+    "(or System Properties > Environment Variables), on macOS launchctl setenv SD35WB_TRAINING_ROOTS "
+    "/Users/you/runs; then quit the app fully and reopen it")
+
+
+def roots_unset_message() -> str:
+    return "no training roots configured: " + ROOTS_HOWTO
+
+
 def training_roots(env_value: str) -> list[Path]:
     """The training roots from ``SD35WB_TRAINING_ROOTS`` (os.pathsep-separated), symlinks resolved."""
     return [Path(os.path.realpath(p)) for p in (env_value or "").split(os.pathsep) if p.strip()]
@@ -279,8 +298,7 @@ def resolve_training_dir(raw: str, env_value: str) -> Path:
         raise PermissionError(f"output_dir: {raw!r} contains '..'; give the run's folder under a training root")
     roots = training_roots(env_value)
     if not roots:
-        raise PermissionError("no training roots configured: set SD35WB_TRAINING_ROOTS to the folder(s) holding "
-                              "your SimpleTuner output_dirs (separated by the OS path separator) and restart ComfyUI")
+        raise PermissionError(roots_unset_message())
     candidates = [Path(raw)] if os.path.isabs(raw) else [r / raw for r in roots]
     for cand in candidates:
         real = Path(os.path.realpath(cand))

@@ -234,3 +234,38 @@ def resolve_slg(preset: str, fields: dict, settings: dict | None, presets: dict)
     p = presets[preset]
     return {"layers": format_layers(p["layers"]), "scale": float(p["scale"]), "start": float(p["start"]),
             "end": float(p["end"]), "gating": p["gating"]}
+
+
+def normalize_layers(text) -> str:
+    """``"9,7 8"`` -> ``"7, 8, 9"`` for comparing a layers field with what ran; text that is not a
+    list of block numbers comes back as it was (the report shows it; parsing reports the error)."""
+    tokens = [t for t in _LAYER_TOKEN.split(str(text).strip()) if t]
+    try:
+        return format_layers(sorted({int(t) for t in tokens}))
+    except ValueError:
+        return str(text)
+
+
+def slg_source(preset: str, settings: dict | None) -> str:
+    """Where the SLG values that ran came from, for the report."""
+    if preset == "custom":
+        return "the fields (preset 'custom')"
+    if preset == "from settings":
+        if settings is None:
+            return "the fields (preset 'from settings', no settings connected)"
+        return f"settings for {settings.get('variant', '?')}"
+    return f"preset {preset!r}"
+
+
+def describe_slg(slg: dict, source: str) -> str:
+    """One report line: the SLG that ran (or that none did) and where it came from."""
+    layers = normalize_layers(slg["layers"])
+    if never_active(float(slg["scale"]), [t for t in layers.split(",") if t.strip()], slg["start"], slg["end"]):
+        return f"SLG: off (layers '{layers}', scale {float(slg['scale']):g}; from {source})"
+    return f"SLG: layers {layers}, {describe_window(slg)}; from {source}"
+
+
+def describe_window(slg: dict) -> str:
+    """``scale 2.5, window 0.01-0.2 of steps (Stability's rule)``."""
+    rule = "steps (Stability's rule)" if slg["gating"] == "steps" else "sigma (core's rule)"
+    return f"scale {float(slg['scale']):g}, window {float(slg['start']):g}-{float(slg['end']):g} of {rule}"

@@ -51,25 +51,34 @@ async (wf) => {
   g.arrange(60);  // the frontend's own layout, from real node sizes: its columns give the reading order
   const note = g._nodes.find(n => n.type === 'MarkdownNote');
   const items = g._nodes.filter(n => n !== note).sort((a, b) => a.pos[0] - b.pos[0] || a.pos[1] - b.pos[1]);
-  // Wrap that order into columns no taller than H, picking the H whose bounds (note on top) fit a
-  // 1400x900 editor at the largest zoom: below ~0.6 litegraph draws nodes without text.
-  const GAP = 40, TITLE = 30, NOTE_H = 300;
-  const pack = (H) => {
-    const pos = [];
-    let x = 0, y = 0, colW = 0, maxH = 0;
+  // Wrap that order into columns no taller than H, picking the H whose bounds (note on top) give the
+  // largest fit-to-view zoom in a 1400x900 editor. The frontend's "Fit view" zooms to 0.75 of the
+  // bounds (DragAndScale.fitToBounds) and litegraph draws nodes without text below 8 / 14 = 0.571
+  // (MinFontSizeForLOD / NODE_TEXT_SIZE); GROW leaves room for newer frontends' taller, wider nodes.
+  const GAP = 30, TITLE = 30, NOTE_H = 300, GROW_W = 1.04, GROW_H = 1.08;
+  // Columns no taller than H, filled in reading order; with firstFit an item may drop into an earlier
+  // column that still has room (a short node beside a tall one), which keeps wide graphs to fewer columns.
+  const pack = (H, firstFit) => {
+    const cols = [], at = [];
     for (const n of items) {
-      const h = n.size[1] + TITLE;
-      if (y > 0 && y + h > H) { x += colW + GAP; y = 0; colW = 0; }
-      pos.push([x, y + TITLE]);
-      y += h + GAP; colW = Math.max(colW, n.size[0]); maxH = Math.max(maxH, y);
+      const h = n.size[1] + TITLE + GAP;
+      const open = (firstFit ? cols : cols.slice(-1)).find(c => c.h === 0 || c.h + h <= H + GAP);
+      const c = open ?? (cols.push({w: 0, h: 0}), cols[cols.length - 1]);
+      at.push([c, c.h + TITLE]);
+      c.h += h; c.w = Math.max(c.w, n.size[0]);
     }
-    const w = Math.max(x + colW, note ? 520 : 0), h = maxH + (note ? NOTE_H + GAP : 0);
-    return {pos, w, h, scale: Math.min(1200 / w, 720 / h)};
+    let x = 0;
+    for (const c of cols) { c.x = x; x += c.w + GAP; }
+    const pos = at.map(([c, y]) => [c.x, y]);
+    const w = Math.max(x - GAP, note ? 520 : 0), h = Math.max(...cols.map(c => c.h)) + (note ? NOTE_H + GAP : 0);
+    return {pos, w, h, scale: 0.75 * Math.min(1400 / (w * GROW_W), 900 / (h * GROW_H))};
   };
   let best = null;
-  for (let H = 300; H <= 2400; H += 20) {
-    const r = pack(H);
-    if (!best || r.scale > best.scale) best = r;
+  for (const firstFit of [false, true]) {  // reading order first: first fit only where it fits better
+    for (let H = 300; H <= 2400; H += 20) {
+      const r = pack(H, firstFit);
+      if (!best || r.scale > best.scale + 1e-9) best = r;
+    }
   }
   const top = 60 + (note ? NOTE_H + GAP : 0);
   items.forEach((n, i) => { n.pos = [60 + best.pos[i][0], top + best.pos[i][1]]; });

@@ -66,9 +66,10 @@ def test_loader_samples_and_decodes_with_its_vae(server, tiny_models, user_model
 def test_object_info_lists_the_loader(server):
     info = server.get_json("/object_info/SD35WB_SD35Loader")["SD35WB_SD35Loader"]
     assert info["display_name"] == "SD3.5 Loader"
-    assert info["output"] == ["MODEL", "CLIP", "VAE", "SD35WB_SETTINGS"]
+    assert info["output"] == ["MODEL", "CLIP", "VAE", "SD35WB_SETTINGS", "STRING"]  # the report goes last
     assert list(info["input"]["required"]) == ["model_name", "variant", "clip_l", "clip_g", "t5xxl", "t5_dtype", "vae",
                                                "shift", "fetch_missing"]
+    assert list(info["input"]["optional"]) == ["weight_dtype"]  # prompts without it keep validating
 
 
 def large_workflow_on_tiny_models(clip_l: str) -> dict:

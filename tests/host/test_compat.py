@@ -47,7 +47,7 @@ def test_detections_on_this_host(C):
 
 
 def test_search_aliases_reach_object_info_where_supported(C):
-    from comfy_api.latest import io
+    from comfy_api.v0_0_2 import io
 
     kw = C.search_aliases("skip layer guidance", "slg")
     if C.FEATURES["search_aliases"]:
@@ -68,7 +68,7 @@ def test_search_aliases_reach_object_info_where_supported(C):
 
 
 def test_advanced_inputs_where_supported(C):
-    from comfy_api.latest import io
+    from comfy_api.v0_0_2 import io
 
     kw = C.advanced()
     if C.FEATURES["advanced_inputs"]:
@@ -212,3 +212,23 @@ def test_meta_diffusion_model_is_the_hosts_detection_without_weights(host, C):
         keys = C.base_lora_key_map(model)
         assert len(keys) > 100 and all(isinstance(v, (str, tuple)) for v in keys.values())
     assert C.meta_diffusion_model({"w": torch.empty(2, 2, device="meta")}) is None
+
+
+def test_the_pack_uses_the_numbered_v3_api_on_this_host(host):
+    """comfy_api.v0_0_2 is listed as supported by this host and is what the pack's modules import
+    (nodes/_compat.py says why); on the matrix's hosts it is latest's surface, re-exported."""
+    import ast
+
+    import comfy_api.latest
+    import comfy_api.v0_0_2
+    from comfy_api.version_list import supported_versions
+    from conftest import REPO
+
+    assert comfy_api.v0_0_2.ComfyAPIAdapter_v0_0_2 in supported_versions
+    assert comfy_api.v0_0_2.io.ComfyNode is comfy_api.latest.io.ComfyNode  # the same schema classes today
+    owned_elsewhere = {"sweep.py"}  # the sweep's module follows in its owner's change
+    for py in sorted((REPO / "nodes").glob("*.py")):
+        if py.name in owned_elsewhere:
+            continue
+        mods = {n.module for n in ast.walk(ast.parse(py.read_text())) if isinstance(n, ast.ImportFrom) and n.module}
+        assert "comfy_api.latest" not in mods, f"{py.name} imports comfy_api.latest; use comfy_api.v0_0_2"

@@ -86,10 +86,35 @@ def test_explicit_choices_win_over_the_detection(host, convention_files):
     assert "applied: eps [set on the node]" in text and not eps.get_model_object("model_sampling").zsnr
 
 
-def test_auto_without_a_file_and_bad_files_are_named_errors(host, convention_files):
+def test_the_nodes_own_defaults_follow_what_comfyui_loaded(host, convention_files):
+    """auto / auto / no detect_from (the node as dropped on the canvas) keeps what ComfyUI made of the
+    model and says so: eps for a plain file, v-pred + zero-SNR for one with ComfyUI's marker keys."""
+    import comfy.model_sampling as ms
+
+    (eps_model,) = call(host.nodes, "UNETLoader", unet_name=convention_files["eps"], weight_dtype="default")
+    out, text, _ = patch(host, eps_model, "auto", "auto")
+    assert "applied: eps [auto: as ComfyUI loaded it, eps], zsnr off [auto: as ComfyUI loaded it, eps, zsnr off]" \
+        in text, text
+    assert "no detect_from file" in text
+    assert torch.equal(render(host, out, ff.SD15), render(host, eps_model, ff.SD15))
+    # v-pred + zero-SNR as ComfyUI samples it (its SDXL loader sets this from the marker keys; here
+    # core ModelSamplingDiscrete upstream, as a user chains it): auto keeps it and says so.
+    (marked,) = call(host.nodes, "ModelSamplingDiscrete", model=eps_model, sampling="v_prediction", zsnr=True)
+    loaded = marked.get_model_object("model_sampling")
+    assert isinstance(loaded, ms.V_PREDICTION) and loaded.zsnr
+    out, text, _ = patch(host, marked, "auto", "auto")
+    assert "applied: v_prediction [auto: as ComfyUI loaded it, v-prediction], zsnr on [auto:" in text, text
+    assert "avoid heun / heunpp2" in text
+    assert torch.equal(render(host, out, ff.SD15), render(host, marked, ff.SD15))
+    assert not torch.equal(render(host, out, ff.SD15), render(host, eps_model, ff.SD15))
+    # One explicit, one auto: the auto half still comes from the model.
+    forced, text, _ = patch(host, eps_model, "v_prediction", "auto")
+    s = forced.get_model_object("model_sampling")
+    assert isinstance(s, ms.V_PREDICTION) and not s.zsnr and "zsnr off [auto: as ComfyUI loaded it" in text
+
+
+def test_bad_files_are_named_errors(host, convention_files):
     (model,) = call(host.nodes, "UNETLoader", unet_name=convention_files["eps"], weight_dtype="default")
-    with pytest.raises(ValueError, match="detect_from: prediction / zsnr 'auto' needs the file"):
-        patch(host, model, "auto", "off")
     with pytest.raises(ValueError, match="detect_from: 'diffusion_models/nope.safetensors' is not a file"):
         patch(host, model, "v_prediction", "auto", "diffusion_models/nope.safetensors")
     (sd3,) = call(host.nodes, "UNETLoader", unet_name="tiny-sd35m.safetensors", weight_dtype="default")

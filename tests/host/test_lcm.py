@@ -54,10 +54,12 @@ def core_chain(host, model, lora, strength, pos, neg, latent, seed, steps, cfg, 
     return out["samples"]
 
 
-def ours(host, model, lora, strength, pos, neg, latent, seed, steps, cfg, scheduler="sgm_uniform", denoise=1.0):
-    (out,) = call(host.nodes, "SD35WB_LCMLoraSampler", model=model, lcm_lora=lora, strength=strength, positive=pos,
-                  negative=neg, latent_image=latent, seed=seed, steps=steps, cfg=cfg, scheduler=scheduler, denoise=denoise)
-    return out["samples"]
+def ours(host, model, lora, strength, pos, neg, latent, seed, steps, cfg, scheduler="sgm_uniform", denoise=1.0,
+         with_report=False):
+    (out, report) = call(host.nodes, "SD35WB_LCMLoraSampler", model=model, lcm_lora=lora, strength=strength,
+                         positive=pos, negative=neg, latent_image=latent, seed=seed, steps=steps, cfg=cfg,
+                         scheduler=scheduler, denoise=denoise)
+    return (out["samples"], report) if with_report else out["samples"]
 
 
 class _Capture(logging.Handler):
@@ -126,9 +128,13 @@ def test_sampler_equals_core_chain_sd15(host, loras, sd15, cfg):
     pos, neg = _conds("sd15")
     lat = _latent(host)
     name = loras[("sd15", "kohya", "lcm")]
-    a = ours(host, sd15, name, 1.0, pos, neg, lat, 11, 3, cfg)
+    a, report = ours(host, sd15, name, 1.0, pos, neg, lat, 11, 3, cfg, with_report=True)
     b = core_chain(host, sd15, name, 1.0, pos, neg, lat, 11, 3, cfg)
     assert torch.isfinite(a).all() and torch.equal(a, b)
+    assert f"LCM-LoRA: {name} at strength 1 (lcm_lora {name!r}); model family SD1.5" in report, report
+    assert f"sampling: sampler lcm, model sampling lcm, steps 3, cfg {cfg:g}, scheduler sgm_uniform, denoise 1, " \
+           "seed 11" in report
+    assert ("note: negative has no effect (unused at cfg 1)" in report) == (cfg == 1.0)
     plain = core_chain(host, sd15, None, 0.0, pos, neg, lat, 11, 3, cfg)
     assert not torch.equal(a, plain), "the LoRA changes the result"
 
@@ -163,9 +169,10 @@ def test_strength_zero_means_lcm_sampling_without_the_lora(host, sd15):
     """Documented: strength 0 leaves the LoRA out (not read, not downloaded), LCM sampling stays."""
     pos, neg = _conds("sd15")
     lat = _latent(host)
-    a = ours(host, sd15, "no-such-file.safetensors", 0.0, pos, neg, lat, 9, 2, 1.0)
+    a, report = ours(host, sd15, "no-such-file.safetensors", 0.0, pos, neg, lat, 9, 2, 1.0, with_report=True)
     b = core_chain(host, sd15, None, 0.0, pos, neg, lat, 9, 2, 1.0)
     assert torch.equal(a, b)
+    assert "LCM-LoRA: not applied (strength 0)" in report and "note: lcm_lora has no effect" in report
 
 
 @pytest.mark.parametrize("steps", [0, 9, 25])
@@ -255,9 +262,9 @@ def test_step_sweep_renders_each_count_like_the_sampler(host, loras, sd15):
     lat = _latent(host)
     name = loras[("sd15", "diffusers", "lcm")]
     with progress_events() as seen:
-        images, grid = call(host.nodes, "SD35WB_LCMStepSweep", model=sd15, vae=vae, lcm_lora=name, strength=1.0,
+        images, grid, report = call(host.nodes, "SD35WB_LCMStepSweep", model=sd15, vae=vae, lcm_lora=name, strength=1.0,
                             positive=pos, negative=neg, latent_image=lat, seed=4, max_steps=3, cfg=1.0)
-    assert images.shape == (3, 64, 64, 3)
+    assert images.shape == (3, 64, 64, 3) and "steps 1-3, cfg 1" in report and name in report
     sweep_totals = [v for v, t in seen if t == 6]
     assert sweep_totals[-1] == 6 and sweep_totals == sorted(sweep_totals), "one bar across 1+2+3 steps"
     for n in (1, 3):

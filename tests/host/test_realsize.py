@@ -100,14 +100,14 @@ def test_medium_loader_reports_medium_and_matches_core_slg_step(host, real, cond
     pos, neg = conds
     slg = dict(scale=3.0, start=0.0, end=1.0)  # sigma window over the whole run: the one step gets SLG
     with PeakRSS() as ours_mem:
-        model, clip, vae, settings = call(
+        model, clip, vae, settings, _ = call(
             host.nodes, "SD35WB_SD35Loader", model_name="sd3.5_medium.safetensors", variant="auto", clip_l="none",
             clip_g="none", t5xxl="none", t5_dtype="default", vae="taesd3", shift=3.0, fetch_missing=False)
     want = presets.recommended_settings("medium")
     assert settings["variant"] == "medium" and settings["steps"] == want["steps"] == 50
     assert settings["slg"]["layers"] == [7, 8, 9] and settings["shift"] == 3.0
     assert model.model.diffusion_model.hidden_size == 1536 and len(model.model.diffusion_model.joint_blocks) == 24
-    (guider,) = call(host.nodes, "SD35WB_SLGGuider", model=model, positive=pos, negative=neg, cfg=4.0, preset="custom",
+    (guider, _) = call(host.nodes, "SD35WB_SLGGuider", model=model, positive=pos, negative=neg, cfg=4.0, preset="custom",
                      layers="7, 8, 9", scale=slg["scale"], start=slg["start"], end=slg["end"], gating="sigma",
                      rescale=0.0, implementation="batched")
     ours = one_step(host, model, guider)

@@ -71,11 +71,17 @@ def _checkpoint(tiny: Path, dest: Path, clip_l: Path | None = None) -> None:
     save_file(sd, str(dest))
 
 
-def load(host, **kw):
+def load_all(host, **kw):
+    """The loader's five outputs: model, clip, vae, settings, report."""
     args = dict(model_name="tiny-sd35m.safetensors", variant="auto", clip_l="none", clip_g="none", t5xxl="none",
                 t5_dtype="default", vae="taesd3", shift=3.0, fetch_missing=False)
     args.update(kw)
     return call(host.nodes, LOADER, **args)
+
+
+def load(host, **kw):
+    """Model, clip, vae, settings (the report is checked where it matters)."""
+    return load_all(host, **kw)[:4]
 
 
 def sample(host, model, seed=3, steps=3):
@@ -97,10 +103,13 @@ def core_model(host, shift):
 def test_schema_inputs_and_outputs(host, files):
     schema = host.nodes.NODE_CLASS_MAPPINGS[LOADER].GET_SCHEMA()
     assert schema.display_name == "SD3.5 Loader"
+    # New inputs and outputs only ever go last: saved workflows address widgets and links by position.
     assert [i.id for i in schema.inputs] == ["model_name", "variant", "clip_l", "clip_g", "t5xxl", "t5_dtype", "vae",
-                                             "shift", "fetch_missing"]
-    assert [o.io_type for o in schema.outputs] == ["MODEL", "CLIP", "VAE", "SD35WB_SETTINGS"]
+                                             "shift", "fetch_missing", "weight_dtype"]
+    assert [o.io_type for o in schema.outputs] == ["MODEL", "CLIP", "VAE", "SD35WB_SETTINGS", "STRING"]
     opts = {i.id: i for i in schema.inputs}
+    assert opts["weight_dtype"].optional and opts["weight_dtype"].default == "default"
+    assert opts["weight_dtype"].options == host.nodes.UNETLoader.INPUT_TYPES()["required"]["weight_dtype"][0]
     assert "tiny-sd35m.safetensors" in opts["model_name"].options
     assert "sd3.5_large.safetensors" in opts["model_name"].options  # fetchable even when missing
     assert os.path.join("sd35wb-simpletuner", "transformer", "diffusion_pytorch_model.safetensors") in opts["model_name"].options
@@ -110,6 +119,53 @@ def test_schema_inputs_and_outputs(host, files):
     assert opts["vae"].options[0] == "from checkpoint" and "taesd3" in opts["vae"].options
     assert opts["shift"].default == 3.0 and "Stability" in opts["shift"].tooltip
     assert opts["fetch_missing"].default is False and opts["variant"].default == "auto"
+
+
+def test_a_new_node_starts_on_an_sd3_file_not_the_first_in_the_list(host, files):
+    import folder_paths
+
+    from sd35wb import sd3_inspect as si
+
+    schema = host.nodes.NODE_CLASS_MAPPINGS[LOADER].GET_SCHEMA()
+    opts = {i.id: i for i in schema.inputs}["model_name"]
+    default = opts.default
+    assert default != opts.options[0], f"{opts.options[0]!r} is only the alphabetically first file"
+    path = folder_paths.get_full_path("diffusion_models", default) or folder_paths.get_full_path("checkpoints", default)
+    assert path and si.inspect_model(path).num_blocks > 0, default  # its header says SD3
+    assert "sd35wb-pickle.safetensors" in opts.options and default != "sd35wb-pickle.safetensors"
+
+
+@pytest.mark.parametrize("weight_dtype", ["fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"])
+def test_weight_dtype_loads_the_weights_as_cores_unet_loader_does(host, files, weight_dtype):
+    model, *_, report = load_all(host, weight_dtype=weight_dtype)
+    (core,) = call(host.nodes, "UNETLoader", unet_name="tiny-sd35m.safetensors", weight_dtype=weight_dtype)
+    want = torch.float8_e5m2 if weight_dtype == "fp8_e5m2" else torch.float8_e4m3fn
+    assert model.model_dtype() == core.model_dtype() == want
+    assert model.model.diffusion_model.joint_blocks[0].x_block.attn.qkv.weight.dtype == want
+    assert f"weights: {str(want).replace('torch.', '')} (weight_dtype {weight_dtype})" in report
+    if weight_dtype == "fp8_e4m3fn":  # samples as core's fp8 UNETLoader + ModelSamplingSD3, exactly
+        (m,) = call(host.nodes, "ModelSamplingSD3", model=core, shift=3.0)
+        assert torch.equal(sample(host, model), sample(host, m))
+    # A single-file checkpoint (VAE inside) goes through the checkpoint loader: same dtype there.
+    ck, *_ = load(host, model_name="sd35wb-tiny-with-vae.safetensors", vae="from checkpoint", weight_dtype=weight_dtype)
+    assert ck.model_dtype() == want
+
+
+def test_the_report_says_what_was_loaded(host, files):
+    *_, settings, report = load_all(host, t5_dtype="fp8_e4m3fn")
+    dtype = str(load(host)[0].model_dtype()).replace("torch.", "")
+    assert report.splitlines()[0].startswith("SD3.5 Loader: tiny-sd35m.safetensors: 4 joint blocks")
+    assert "variant: custom (" in report
+    assert f"settings: steps {settings['steps']}, cfg {settings['cfg']:g}, sampler dpmpp_2m, scheduler sgm_uniform, " \
+           "shift 3; SLG off" in report
+    assert "text encoders: none (CLIP output is None)" in report and "vae: taesd3" in report
+    assert f"weights: {dtype} (weight_dtype default)" in report
+    assert "note: t5_dtype has no effect (no T5 selected)" in report
+    out = host.nodes.NODE_CLASS_MAPPINGS[LOADER].execute(
+        model_name="tiny-sd35m.safetensors", variant="medium", clip_l="none", clip_g="none", t5xxl="none",
+        t5_dtype="default", vae="taesd3", shift=3.0, fetch_missing=False)  # an old prompt: no weight_dtype
+    assert out.ui == {"text": [out.result[4]]} and "SLG layers 7, 8, 9, scale 2.5, window 0.01-0.2 of steps" in \
+        out.result[4] and "note:" not in out.result[4]
 
 
 @pytest.mark.parametrize("shift", [3.0, 5.5])

@@ -147,9 +147,12 @@ def test_link_node_has_the_routes_roots_rule_even_when_roots_are_unset(host, ft_
     os.symlink(outside, inside_root / "escape")
     before = set(host.folder_paths.get_filename_list("diffusion_models"))
     monkeypatch.delenv("SD35WB_TRAINING_ROOTS")
-    with pytest.raises(ValueError, match="no training roots configured: set SD35WB_TRAINING_ROOTS"):
+    with pytest.raises(ValueError, match="no training roots configured: set SD35WB_TRAINING_ROOTS") as e:
         call(host.nodes, "SD35WB_SimpleTunerLink", output_dir=str(ft_run), run="no-roots", full=True, ema=True,
              lora=True, final=True)
+    for way in ("export SD35WB_TRAINING_ROOTS=", "run_nvidia_gpu.bat", "Environment=SD35WB_TRAINING_ROOTS=",
+                "Desktop app"):  # the node's user learns how to set it where ComfyUI starts
+        assert way in str(e.value), way
     monkeypatch.setenv("SD35WB_TRAINING_ROOTS", str(inside_root))
     for out_dir, msg in [(str(outside), "outside the training roots"), ("escape", "symlink escape"),
                          (f"{inside_root}/run/../../elsewhere/run", "contains '..'"),

@@ -36,9 +36,9 @@ def core_slg(host, model, conds, lat, layers="7, 8, 9", scale=3.0, start=0.1, en
 
 def ours(host, model, conds, lat, layers="7, 8, 9", scale=3.0, start=0.1, end=0.6, cfg=4.0, gating="sigma",
          implementation="batched", **kw):
-    (guider,) = call(host.nodes, "SD35WB_SLGGuider", model=model, positive=conds[0], negative=conds[1], cfg=cfg,
-                     preset="custom", layers=layers, scale=scale, start=start, end=end, gating=gating, rescale=0.0,
-                     implementation=implementation)
+    (guider, _) = call(host.nodes, "SD35WB_SLGGuider", model=model, positive=conds[0], negative=conds[1], cfg=cfg,
+                       preset="custom", layers=layers, scale=scale, start=start, end=end, gating=gating, rescale=0.0,
+                       implementation=implementation)
     return run_guider(host, model, guider, lat, **kw)
 
 
@@ -247,12 +247,15 @@ def test_third_party_code_sees_only_cond_and_uncond_indices(host, sd35m, conds):
 
 def test_sampler_node_equals_guider_through_sampler_custom_advanced(host, sd35m, conds):
     lat = latent(host)
-    (out,) = call(host.nodes, "SD35WB_SLGSampler", model=sd35m, positive=conds[0], negative=conds[1],
+    (out, report) = call(host.nodes, "SD35WB_SLGSampler", model=sd35m, positive=conds[0], negative=conds[1],
                   latent_image=lat, seed=5, steps=STEPS, cfg=4.0, sampler_name="euler", scheduler="simple",
                   denoise=1.0, preset="custom", layers="7, 8, 9", scale=3.0, start=0.0, end=0.6,
                   gating="sigma", rescale=0.0)
     via_guider = core_slg(host, sd35m, conds, lat, start=0.0, end=0.6)
     assert maxdiff(out["samples"], via_guider) <= TOL
+    assert f"steps {STEPS}, cfg 4, sampler_name euler, scheduler simple" in report and "(from the widgets)" in report
+    assert "SLG: layers 7, 8, 9, scale 3, window 0-0.6 of sigma (core's rule); from the fields (preset 'custom')" \
+        in report and "warning" not in report
     assert maxdiff(via_guider, plain_cfg(host, sd35m, conds, lat)) > 1e-3
 
 
@@ -261,13 +264,19 @@ def test_medium_settings_give_stabilitys_slg(host, sd35m, conds):
     from sd35wb.presets import recommended_settings
 
     lat = latent(host)
-    (out,) = call(host.nodes, "SD35WB_SLGSampler", model=sd35m, positive=conds[0], negative=conds[1],
+    (out, report) = call(host.nodes, "SD35WB_SLGSampler", model=sd35m, positive=conds[0], negative=conds[1],
                   latent_image=lat, seed=5, steps=20, cfg=4.0, sampler_name="euler", scheduler="simple", denoise=1.0,
                   preset="from settings", layers="1", scale=9.0, start=0.0, end=1.0, gating="sigma",
                   settings=recommended_settings("medium"), sampling_from_settings=False)
     ref = reference_step_gated(host, sd35m, conds, lat, [7, 8, 9], 2.5, 0.01, 0.20, 4.0, steps=20)
     assert maxdiff(out["samples"], ref) <= TOL
     assert maxdiff(ref, plain_cfg(host, sd35m, conds, lat, steps=20)) > 1e-4
+    # What ran, and that the fields given on the node did not: the settings won.
+    assert "(from the widgets (sampling_from_settings off))" in report
+    assert "SLG: layers 7, 8, 9, scale 2.5, window 0.01-0.2 of steps (Stability's rule); from settings for medium" \
+        in report
+    assert ("warning: layers='1', scale=9, start=0, end=1, gating='sigma' on the node did not run: settings wins "
+            "(from settings): layers='7, 8, 9', scale=2.5, start=0.01, end=0.2, gating='steps'") in report
 
 
 def test_large_settings_mean_plain_cfg_with_the_loaders_sampling(host, conds):
@@ -276,7 +285,7 @@ def test_large_settings_mean_plain_cfg_with_the_loaders_sampling(host, conds):
     (model,) = call(host.nodes, "UNETLoader", unet_name="tiny-sd35m.safetensors", weight_dtype="default")
     (lat,) = call(host.nodes, "EmptySD3LatentImage", width=64, height=64, batch_size=1)
     s = recommended_settings("large_turbo")
-    (out,) = call(host.nodes, "SD35WB_SLGSampler", model=model, positive=conds[0], negative=conds[1],
+    (out, report) = call(host.nodes, "SD35WB_SLGSampler", model=model, positive=conds[0], negative=conds[1],
                   latent_image=lat, seed=3, steps=20, cfg=7.0, sampler_name="dpmpp_2m", scheduler="normal",
                   denoise=1.0, preset="from settings", layers="1, 2", scale=3.0, start=0.0, end=1.0,
                   gating="sigma", settings=s)
@@ -284,6 +293,26 @@ def test_large_settings_mean_plain_cfg_with_the_loaders_sampling(host, conds):
                   sampler_name=s["sampler_name"], scheduler=s["scheduler"], positive=conds[0], negative=conds[1],
                   latent_image=lat, denoise=1.0)
     assert torch.equal(out["samples"], ref["samples"])
+    assert "sampling: steps 4, cfg 1, sampler_name euler, scheduler sgm_uniform, denoise 1, seed 3 " \
+           "(from settings for large_turbo)" in report
+    assert ("warning: steps=20, cfg=7, sampler_name='dpmpp_2m', scheduler='normal' on the node did not run: "
+            "settings wins (from settings): steps=4, cfg=1, sampler_name='euler', scheduler='sgm_uniform'") in report
+    assert "SLG: off" in report and "from settings for large_turbo" in report
+
+
+def test_a_named_preset_warns_about_the_fields_it_overrides(host, sd35m, conds):
+    """An API prompt sets preset 'ComfyUI core defaults' and leaves the fields at the widget defaults
+    (Stability's values): the preset runs and the report names every field that did not."""
+    kw = guider_kw(sd35m, conds, preset="ComfyUI core defaults")
+    (guider, report) = call(host.nodes, "SD35WB_SLGGuider", **kw)
+    assert (guider.slg_scale, guider.slg_end, guider.slg_gating) == (3.0, 0.15, "sigma")
+    assert ("warning: scale=2.5, end=0.2, gating='steps' on the node did not run: preset wins (from preset): "
+            "scale=3, end=0.15, gating='sigma'") in report
+    assert "SLG: layers 7, 8, 9, scale 3, window 0.01-0.15 of sigma (core's rule); from preset 'ComfyUI core " \
+           "defaults'" in report
+    out = host.nodes.NODE_CLASS_MAPPINGS["SD35WB_SLGGuider"].execute(**{**kw, "scale": 3.0, "end": 0.15,
+                                                                         "gating": "sigma", "layers": "9,8,7"})
+    assert "warning" not in out.result[1] and out.ui == {"text": [out.result[1]]}, "fields that agree: no warning"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -221,18 +221,22 @@ def test_explorer_equals_separate_runs(host, sd35m, conds, gating, start, end, s
     lat = latent(host)
     steps, cands = 8, "7,8,9 | 3 | 10,11"
     with BlockRows(sd35m) as log:
-        images, grid, latents, labels = call(
+        images, grid, latents, labels, report = call(
             host.nodes, "SD35WB_SLGLayerExplorer", model=sd35m, vae=vae, positive=conds[0], negative=conds[1],
             latent_image=lat, seed=5, steps=steps, cfg=4.0, sampler_name=sampler, scheduler="simple", scale=2.5,
             start=start, end=end, gating=gating, candidates=cands, columns=0)
     assert labels.splitlines() == ["baseline (CFG)", "skip 7,8,9", "skip 3", "skip 10,11"]
+    rule = "steps (Stability's rule)" if gating == "steps" else "sigma (core's rule)"
+    assert f"sampling: steps {steps}, cfg 4, sampler_name {sampler}, scheduler simple, seed 5" in report
+    assert f"SLG for every candidate: scale 2.5, window {start:g}-{end:g} of {rule}" in report
+    assert "renders: baseline (plain CFG) + 3 candidate(s): 7, 8, 9 | 3 | 10, 11 of 24 joint blocks" in report
     assert images.shape == (4, 64, 64, 3) and latents["samples"].shape[0] == 4
     assert grid.shape[0] == 1 and grid.shape[1] > 2 * 64 and grid.shape[2] == 2 * 64
     (cfg_guider,) = call(host.nodes, "CFGGuider", model=sd35m, positive=conds[0], negative=conds[1], cfg=4.0)
     base = run_custom(host, sd35m, cfg_guider, lat, steps, sampler=sampler)
     assert (latents["samples"][0] - base[0]).abs().max().item() <= TOL
     for k, layers in enumerate(["7, 8, 9", "3", "10, 11"], start=1):
-        (g,) = call(host.nodes, "SD35WB_SLGGuider", model=sd35m, positive=conds[0], negative=conds[1], cfg=4.0,
+        (g, _) = call(host.nodes, "SD35WB_SLGGuider", model=sd35m, positive=conds[0], negative=conds[1], cfg=4.0,
                     preset="custom", layers=layers, scale=2.5, start=start, end=end, gating=gating,
                     implementation="separate pass")
         ref = run_custom(host, sd35m, g, lat, steps, sampler=sampler)
@@ -247,10 +251,11 @@ def test_explorer_with_scale_zero_renders_the_baseline_for_every_candidate(host,
     (vae,) = call(host.nodes, "VAELoader", vae_name="taesd3")
     lat = latent(host, batch=2)
     with progress_events() as progress:
-        images, grid, latents, labels = call(
+        images, grid, latents, labels, report = call(
             host.nodes, "SD35WB_SLGLayerExplorer", model=sd35m, vae=vae, positive=conds[0], negative=conds[1],
             latent_image=lat, seed=5, steps=3, cfg=4.0, sampler_name="euler", scheduler="simple", scale=0.0,
             start=0.0, end=1.0, gating="sigma", candidates="1 | 2", columns=2)
+    assert "note: candidates has no effect (no SLG at scale 0)" in report
     # one progress bar for the whole run: 3 renders x 3 steps, counting up once
     assert progress == [(v, 9) for v in range(1, 10)]
     assert images.shape[0] == 6 and labels.splitlines()[:2] == ["baseline (CFG) #0", "baseline (CFG) #1"]

@@ -5,7 +5,7 @@ SD3 / SDXL / SD1.5 conditioning without text-encoder weights, shaped exactly lik
 """
 
 import torch
-from comfy_api.latest import ComfyExtension, io
+from comfy_api.v0_0_2 import ComfyExtension, io
 from typing_extensions import override
 
 SHAPES = {  # family: (cond tokens, cond width, pooled width)

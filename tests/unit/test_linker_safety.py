@@ -418,6 +418,17 @@ def test_symlinks_out_of_the_roots_are_refused_at_folder_and_file_level(root, mo
     with pytest.raises(linker.LinkError, match="no training roots configured") as e:
         linker.sync(out, RUN, linker.models_dir_destinations(models), roots="")
     assert e.value.status == 403
+    assert_says_how_to_set_the_roots(str(e.value))
+
+
+def assert_says_how_to_set_the_roots(msg: str) -> None:
+    """The roots error names every common way to set the variable where ComfyUI starts."""
+    assert msg.startswith("no training roots configured: set SD35WB_TRAINING_ROOTS to the folder(s)"), msg
+    assert "restart ComfyUI" in msg
+    assert "export SD35WB_TRAINING_ROOTS=" in msg, "a shell"
+    assert "run_nvidia_gpu.bat" in msg and "set SD35WB_TRAINING_ROOTS=D:\\runs" in msg, "the portable build's .bat"
+    assert "Environment=SD35WB_TRAINING_ROOTS=" in msg and "[Service]" in msg, "a systemd unit"
+    assert "Desktop app" in msg and "setx SD35WB_TRAINING_ROOTS" in msg and "launchctl setenv" in msg, "Desktop"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,3 +50,35 @@ def test_plain_logic_package_imports_no_comfyui():
                          env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", f"sd35wb imported host modules: {out.stdout}"
+
+
+def test_the_registry_icon_is_a_square_png_in_the_repository():
+    """[tool.comfy] Icon: the Registry takes a square SVG / PNG / JPG / GIF of at most 400 x 400 px;
+    the URL points at this repository's main branch, so the file must be committed at that path."""
+    from PIL import Image
+
+    icon = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["comfy"]["Icon"]
+    prefix = "https://raw.githubusercontent.com/sd35-workbench/sd35-workbench/main/"
+    assert icon.startswith(prefix), icon
+    path = REPO / icon[len(prefix):]
+    assert path.is_file(), f"{icon} names {path.relative_to(REPO)}, which does not exist (python -m tools.make_icon)"
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width == im.height <= 400, (im.format, im.size)
+        assert len(set(im.convert("RGB").getdata())) > 8, "a drawn icon, not a flat square"
+
+
+def _comfyignore():
+    text = (REPO / ".comfyignore").read_text()
+    patterns = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    comments = "\n".join(ln for ln in text.splitlines() if ln.lstrip().startswith("#"))
+    return patterns, comments
+
+
+def test_comfyignore_names_only_paths_that_exist():
+    patterns, comments = _comfyignore()
+    assert patterns, ".comfyignore lists nothing"
+    missing = [p for p in patterns if not list(REPO.glob(p.rstrip("/")))]
+    assert not missing, f".comfyignore names paths that do not exist: {missing}"
+    # Paths its comments point a reader to exist too (the archive test it names, say).
+    named = [w.strip("`'\"(),.") for w in comments.split() if "/" in w and w.strip("`'\"(),.").endswith(".py")]
+    assert named and all((REPO / n).is_file() for n in named), named

@@ -217,3 +217,17 @@ def test_vae_channels(tmp_path, shapes, msg):
         with pytest.raises(si.ModelFileError) as e:
             si.check_vae(p)
         assert msg in str(e.value)
+
+
+def test_a_new_loader_starts_on_an_sd35_file_not_the_alphabetically_first():
+    from sd35wb.sd3_inspect import default_model
+
+    names = ["aaa-sdxl.safetensors", "my/sd3.5_large.safetensors", "sd3.5_medium.safetensors"]
+    assert default_model(names, "fallback") == "sd3.5_medium.safetensors", "published names, Medium first"
+    assert default_model(names[:2], "fallback") == "my/sd3.5_large.safetensors", "in a subfolder too"
+    renamed = ["aaa-sdxl.safetensors", "broken-SD35.safetensors", "mine-SD3.5-finetune.safetensors", "zz.safetensors"]
+    sd3 = {"mine-SD3.5-finetune.safetensors", "zz.safetensors"}
+    assert default_model(renamed, "f", sd3.__contains__) == "mine-SD3.5-finetune.safetensors"
+    assert default_model(["aaa.safetensors", "zz.safetensors"], "f", sd3.__contains__) == "zz.safetensors"
+    assert default_model(["aaa.safetensors", "x.ckpt"], "sd3.5_medium.safetensors", sd3.__contains__) == \
+        "sd3.5_medium.safetensors", "nothing SD3 on disk: the fetchable Medium"
