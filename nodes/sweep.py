@@ -20,6 +20,7 @@ import torch
 from comfy_api.latest import io
 
 from ..sd35wb import folders, grid, simpletuner, sweep
+from ..sd35wb import overrides as O
 from ..sd35wb import slg as S
 from . import _compat as C
 from . import _lora, schedulers
@@ -412,14 +413,22 @@ class CheckpointSweep(io.ComfyNode):
                     mm.cleanup_models_gc()
                     mm.soft_empty_cache()
             LOG.info("[sd35-workbench] sweep %d/%d images: %s", len(samples), len(todo), name)
+        given = {"slg": slg, "slg_layers": slg_layers, "slg_scale": slg_scale, "slg_start": slg_start,
+                 "slg_end": slg_end, "slg_gating": slg_gating, "axes": axes, "prompts": prompts,
+                 **({"strengths": strengths} if strengths.strip() not in ("", "1.0", "1") else {}),
+                 **({"weight_dtype": weight_dtype} if weight_dtype != "default" else {})}
+        connected = {n for n, v in (("model", model), ("settings", settings), ("positive", positive), ("clip", clip))
+                     if v is not None}
+        used = {f"slg_{k}": v for k, v in slg_base.items()} if slg_base and slg not in ("off", "custom") else {}
         report = cls._report(size, lora, names, weights, swept, fixed, skipped, stats, len(seeds), len(texts),
-                             slg_line(slg, slg_base, swept))
+                             [slg_line(slg, slg_base, swept),
+                              *O.report_lines("SD35WB_CheckpointSweep", given, used, connected)])
         images, grid_t, labels = cls._draw(names, texts, seeds, cells, samples, skipped, vae, paths, validation_images,
                                            max_tile, page_width, swept)
         return io.NodeOutput(images, grid_t, labels, report, ui={"text": [report]})
 
     @staticmethod
-    def _report(size, lora, names, weights, swept, fixed, skipped, stats, n_seeds, n_prompts, slg_text="") -> str:
+    def _report(size, lora, names, weights, swept, fixed, skipped, stats, n_seeds, n_prompts, extra=()) -> str:
         what = "LoRA checkpoints" if lora else "checkpoints"
         parts = [f"{len(names)} {what}"] + ([f"{len(weights)} strengths"] if weights else [])
         parts += [f"{n_prompts} prompts", f"{n_seeds} seeds"] + [f"{len(a.values)} {a.name}" for a in swept]
@@ -432,8 +441,7 @@ class CheckpointSweep(io.ComfyNode):
         sw = {a.name for a in swept}
         lines.append("settings: " + ", ".join(f"{k} {sweep.format_value(v)}" + (" (widget; swept in axes)" if k in sw else "")
                                               for k, v in fixed.items()))
-        if slg_text:
-            lines.append(slg_text)
+        lines += extra
         for a in swept:
             lines.append(f"axis {a.name}: {', '.join(map(sweep.format_value, a.values))}")
         lines.append(f"rendered {stats['rendered']}, reused from the render cache {stats['reused']}")

@@ -63,6 +63,8 @@ def test_slg_from_settings_takes_the_loaders_values(host):
     inp = _inputs(host, models=CKPT, slg="from settings", settings=settings)
     images, _, _, report = call(host.nodes, "SD35WB_CheckpointSweep", **inp)
     assert "slg: from settings: layers 0, 3, scale 3, start 0, end 0.7, gating sigma" in report, report
+    assert ("warning: slg_layers='7, 8, 9', slg_scale=2.5, slg_start=0.01, slg_end=0.2, slg_gating='steps' on the "
+            "node did not run: settings wins (from settings): slg_layers='0, 3', slg_scale=3") in report, report
     ref = _slg_sampler(host, model, inp, preset="from settings", layers="9", scale=1.0, start=0.5, end=0.6,
                        gating="steps", settings=settings, sampling_from_settings=False)
     assert torch.allclose(images, ref, atol=1e-5)
