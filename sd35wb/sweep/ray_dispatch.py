@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import uuid
 from pathlib import Path
 
 from .client import PromptError, Server, output_images
@@ -101,7 +102,8 @@ class ComfyWorker:
     """One ComfyUI server on one node (the body of the Ray actor; plain class so it can be read and
     tested without Ray)."""
 
-    def __init__(self, url: str | None = None, comfyui_path: str | None = None, comfyui_args: list[str] | None = None):
+    def __init__(self, url: str | None = None, comfyui_path: str | None = None, comfyui_args: list[str] | None = None,
+                 client_id: str | None = None):
         self.proc = self.private = None
         self.cancelled = False
         self.node = _node_id()
@@ -109,6 +111,20 @@ class ComfyWorker:
             url = self._start(comfyui_path, list(comfyui_args or []))
         self.server = Server(url)
         self.pending: set[str] = set()
+        if client_id:  # the same id across Ray's restarts of this actor
+            self.server.client_id = client_id
+            self._drop_orphans()
+
+    def _drop_orphans(self) -> None:
+        """After a restart: the prompts the lost incarnation queued on this server come off it (Ray
+        replays its calls, which queue them again), so the server does not render them twice."""
+        try:
+            q = self.server.get_json("/queue")
+            pids = [e[1] for e in q.get("queue_running", []) + q.get("queue_pending", [])
+                    if len(e) > 3 and isinstance(e[3], dict) and e[3].get("client_id") == self.server.client_id]
+            self.server.cancel(pids)
+        except (urllib.error.URLError, OSError, ValueError):
+            pass  # a server that does not answer now is found out by the first render
 
     def _start(self, comfyui_path: str, args: list[str]) -> str:
         """ComfyUI from ``comfyui_path`` on a free port of this node's address, with its models folder
@@ -250,7 +266,8 @@ def make_dispatch(address: str, servers: list[str] | None = None, comfyui_path: 
         specs = [{"comfyui_path": comfyui_path, "comfyui_args": comfyui_args} for _ in range(workers)]
     else:
         specs = [{"url": u} for u in servers]
-    actors = [actor_cls.remote(**s) for s in specs]
+    run = uuid.uuid4().hex[:12]
+    actors = [actor_cls.remote(client_id=f"sd35wb-ray-{run}-{i}", **s) for i, s in enumerate(specs)]
     try:
         infos = ray.get([a.info.remote() for a in actors], timeout=START_TIMEOUT + 60)
     except ray.exceptions.RayActorError as e:

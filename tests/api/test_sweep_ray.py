@@ -218,7 +218,9 @@ def test_ray_server_killed_mid_image_renders_it_on_the_other(server, linked, cli
         doomed.proc.kill()  # mid-image
         running = running[0][2]
         seed, label = running["6"]["inputs"]["seed"], running["1"]["inputs"]["unet_name"].rsplit("/", 1)[-1][:-12]
+        t_kill = time.time()
         text = reader.finish()
+        print(f"after the kill: {time.time() - t_kill:.1f} s\n{text}")  # TEMP
     finally:
         doomed.stop()
     assert proc.returncode == 0, text
@@ -279,6 +281,9 @@ def test_ray_actors_start_comfyui_from_a_path(server, second_server, local_grid,
     # Each actor starts the pinned host's ComfyUI on its node, with the tests' models folder, and stops it at the end.
     base = tmp_path / "node-base"
     cfg = prepare_base(base, model_roots(tiny_models, user_models), {"sd35wb_testnodes": TESTS / "testnodes"})
+    # This node's models folder has the run linked, as Sync now on a server of it would have done.
+    (base / "models" / "diffusion_models").mkdir(parents=True)
+    (base / "models" / "diffusion_models" / RUN).symlink_to(server.base / "models" / "diffusion_models" / RUN)
     common, local = local_grid
     out = tmp_path / "grid.png"
     comfy_args = f"--cpu --base-directory {base} --extra-model-paths-config {cfg}"
