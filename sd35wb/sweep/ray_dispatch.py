@@ -65,6 +65,9 @@ def connect(address: str):
     if ray.is_initialized():  # a caller that joined already (a bench, a notebook)
         return ray
     check_address(address)
+    # A dead server's calls still in flight are dropped on purpose (their cells went to other actors);
+    # Ray would print each one's error as "unhandled" when it is collected.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=True)
     except ConnectionError as e:

@@ -202,11 +202,11 @@ def test_ray_server_killed_mid_image_renders_it_on_the_other(server, linked, cli
         swh.link(doomed)
         wf = workflow(tmp_path, "ray_kill")
         prompt = json.loads(wf.read_text())
-        prompt["6"]["inputs"]["steps"] = 12  # a longer image: the kill lands while one runs
+        prompt["6"]["inputs"]["steps"] = 8  # a longer image: the kill lands while one runs
         wf.write_text(json.dumps(prompt))
-        total = CHECKPOINTS * 4
+        total = CHECKPOINTS * 2
         out = tmp_path / "grid.png"
-        proc = cli("--workflow", wf, "--run", RUN, "--prompt", "a red fox in snow", "--seeds", "1,2,3,4",
+        proc = cli("--workflow", wf, "--run", RUN, "--prompt", "a red fox in snow", "--seeds", "1,2",
                    "--server", server.url, "--server", doomed.url, "--out", out,
                    "--ray", cluster.address, "--ray-resource", "comfy", popen=True)
         reader = Reader(proc)
@@ -218,13 +218,12 @@ def test_ray_server_killed_mid_image_renders_it_on_the_other(server, linked, cli
         doomed.proc.kill()  # mid-image
         running = running[0][2]
         seed, label = running["6"]["inputs"]["seed"], running["1"]["inputs"]["unet_name"].rsplit("/", 1)[-1][:-12]
-        t_kill = time.time()
         text = reader.finish()
-        print(f"after the kill: {time.time() - t_kill:.1f} s\n{text}")  # TEMP
     finally:
         doomed.stop()
     assert proc.returncode == 0, text
     assert f"server {doomed.url} stopped answering" in text, text
+    assert "Traceback" not in text and "Unhandled error" not in text, text
     mine = [ln for ln in _progress_lines(text, total) if f"] {label} p1 seed {seed}  (" in ln]
     assert len(mine) == 1 and f"({server.url};" in mine[0], (label, seed, text)
     _assert_each_cell_once(out, text, total)
