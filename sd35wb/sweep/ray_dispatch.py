@@ -46,18 +46,42 @@ def import_ray():
 
 def check_address(address: str, timeout: float = 5.0) -> None:
     """A clear error, fast, for an address nothing listens on (``ray.init`` would retry for minutes)."""
-    if address == "auto":  # Ray's own lookup: RAY_ADDRESS, the `ray start` on this machine; an error when none
-        return
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
+    if address == "auto":  # what Ray's `auto` joins: RAY_ADDRESS, else the address `ray start` left on this machine
+        found = _auto_address()
+        if found and _hostport(found[0]):
+            _probe(found[0], f"--ray auto: the cluster named by {found[1]} ({found[0]})", timeout)
+        return  # none: ray.init looks for a running head itself, and says when there is none
+    if not _hostport(address):
         raise ValueError(f"--ray {address}: give auto or HOST:PORT of the head node (e.g. 10.0.0.5:6379, "
                          "or ray://10.0.0.5:10001)")
+    _probe(address, f"--ray {address}", timeout)
+
+
+def _hostport(address: str) -> tuple[str, int] | None:
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    return (host, int(port)) if host and port.isdigit() else None
+
+
+def _probe(address: str, what: str, timeout: float) -> None:
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        socket.create_connection(_hostport(address), timeout=timeout).close()
     except OSError as e:
-        raise ValueError(f"--ray {address}: no Ray head answers there ({e.strerror or e}); start one with `ray start "
-                         "--head` or give its address") from None
+        raise ValueError(f"{what}: no Ray head answers there ({e.strerror or e}); start one with `ray start --head` "
+                         "or give its address") from None
+
+
+def _auto_address() -> tuple[str, str] | None:
+    """(address, where it was read) as Ray's lookup finds it, without Ray's minutes of retries on a
+    stale one (a head that crashed leaves its address file behind)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    tmp = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None)
+    f = Path(tmp or "/tmp", "ray", "ray_current_cluster")
+    try:
+        text = f.read_text().strip()
+    except OSError:
+        return None
+    return (text, str(f)) if text else None
 
 
 def connect(address: str):
@@ -260,6 +284,8 @@ def make_dispatch(address: str, servers: list[str] | None = None, comfyui_path: 
     opts = {"max_restarts": max_restarts, "max_task_retries": -1, "max_concurrency": IN_FLIGHT + 2}
     opts.update({"num_gpus": 0, "resources": {resource: 1}} if resource else {"num_gpus": 1})
     actor_cls = ray.remote(ComfyWorker).options(**opts)
+    if workers < 0:
+        raise ValueError("--ray-workers: give 1 or more (or leave it out: one per GPU or resource unit)")
     if comfyui_path:
         have = int(ray.cluster_resources().get(resource or "GPU", 0))
         workers = workers or have

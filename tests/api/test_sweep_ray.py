@@ -33,11 +33,27 @@ CHECKPOINTS = 3  # the linked run's checkpoint-100, -250, -1000
 def test_ray_auto_without_a_cluster_fails_fast(tmp_path, monkeypatch):
     # First in the module: its cluster is not up yet. `auto` joins a running cluster and never starts one.
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # where `ray start` leaves its address: nothing there
     t0 = time.time()
     r = cli("--workflow", tmp_path / "w.json", "--models", "a", "--out", tmp_path / "g.png", "--ray", "auto")
     assert time.time() - t0 < 30
     assert r.returncode == 2, r.stdout + r.stderr
     assert "--ray auto: no running Ray cluster found" in r.stderr and "ray start --head" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_ray_auto_with_a_dead_heads_address_fails_fast(tmp_path, monkeypatch):
+    # A head that crashed leaves its address file behind: `auto` would retry it for minutes.
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")
+    t0 = time.time()
+    r = cli("--workflow", tmp_path / "w.json", "--models", "a", "--out", tmp_path / "g.png", "--ray", "auto")
+    assert time.time() - t0 < 30
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"--ray auto: the cluster named by {tmp_path / 'ray' / 'ray_current_cluster'} (127.0.0.1:1): no Ray head " \
+           "answers there" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr, r.stderr
 
 
