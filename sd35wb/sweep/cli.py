@@ -4,6 +4,7 @@ summary and exit status)."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import urllib.error
 from pathlib import Path
@@ -62,6 +63,14 @@ def parser() -> argparse.ArgumentParser:
                                                        "pip install \"sd35-workbench[cluster]\"); see docs/sweep_cluster.md")
     ap.add_argument("--ray-resource", metavar="NAME", help="with --ray: each actor takes one unit of this custom "
                                                            "resource instead of a GPU")
+    ap.add_argument("--comfyui-path", metavar="PATH", help="with --ray, instead of --server: each actor starts ComfyUI "
+                                                           "from PATH (the same path on every node) with that node's "
+                                                           "models folder, and stops it at the end")
+    ap.add_argument("--comfyui-args", metavar="ARGS", default="", help="with --comfyui-path: more arguments for "
+                                                                       "ComfyUI's main.py, e.g. \"--base-directory /models\"")
+    ap.add_argument("--ray-workers", type=int, default=0, metavar="N", help="with --comfyui-path: how many ComfyUIs "
+                                                                            "to start (default: one per GPU, or per "
+                                                                            "unit of --ray-resource)")
     return ap
 
 
@@ -88,7 +97,13 @@ def main(argv: list[str] | None = None, dispatch=None) -> int:
         if args.ray and dispatch is None:  # first: no Ray, or no cluster there, is said before any server is asked
             from .ray_dispatch import make_dispatch  # only here: the local path and the node pack never import Ray
 
-            dispatch = make_dispatch(args.ray, servers, resource=args.ray_resource)
+            if args.comfyui_path and args.server:
+                raise ValueError("--comfyui-path starts the servers: give it or --server, not both")
+            dispatch = make_dispatch(args.ray, servers, args.comfyui_path, shlex.split(args.comfyui_args),
+                                     args.ray_workers, args.ray_resource)
+            servers = dispatch.servers
+        elif args.comfyui_path:
+            raise ValueError("--comfyui-path: only with --ray (the actors start ComfyUI on their nodes)")
         prompt = load_workflow(args.workflow)
         if args.prompts and args.prompt:
             raise ValueError("--prompts and --prompt: give one of them")

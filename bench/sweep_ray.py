@@ -1,0 +1,189 @@
+"""Sweep on Ray: images per second through ``--ray`` against the local two-server path, Ray's extra
+time per image, and the time from a node removal until its images run elsewhere.
+
+One run, the same two real ComfyUI servers on 127.0.0.1 (CPU, the tiny SD3.5-Medium-shaped model copied
+to N checkpoint files, test conditioning, taesd3, 64 px) and a local Ray cluster
+(``ray.cluster_utils.Cluster``: a head and two worker nodes, each with one ``comfy`` resource, so two
+actors and a spare node). Each round runs the same plan (N checkpoints x 1 prompt x S seeds, fresh
+seeds every time so no server answers from its cache) locally and through Ray, in alternating order.
+Ray's extra time per image is the difference of the two paths' wall time per image in the same round.
+Target: <= 50 ms, or <= 5 % of the per-image time, whichever is larger.
+
+The removal rounds start a Ray sweep, remove the worker node of one actor once two images are done,
+and time until that actor, restarted by Ray on another node, has its first image there stored (Ray's
+detection of the lost node, the restart, and one image render).
+
+Run: $COMFYUI_PYTHON bench/sweep_ray.py [--rounds 3] [--removals 2] [--checkpoints 4] [--seeds 4]
+(the test tools' Ray on PYTHONPATH, e.g. PYTHONPATH=$SD35WB_TOOLS)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.append(str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from sd35wb import sweep  # noqa: E402
+from sd35wb.sweep import ray_dispatch  # noqa: E402
+from tools.comfy_server import ComfyServer, prepare_base  # noqa: E402
+
+
+class TimedLog:
+    """The sweep's log, each line with the time it was written."""
+
+    def __init__(self):
+        self.lines: list[tuple[float, str]] = []
+        self._part = ""
+
+    def write(self, s: str) -> None:
+        self._part += s
+        while "\n" in self._part:
+            line, self._part = self._part.split("\n", 1)
+            self.lines.append((time.perf_counter(), line))
+
+    def flush(self) -> None:
+        pass
+
+    def first(self, pattern: str, after: float = 0.0) -> tuple[float, re.Match] | None:
+        for t, line in list(self.lines):
+            if t >= after and (m := re.search(pattern, line)):
+                return t, m
+        return None
+
+
+def spread(xs: list[float], unit: str, scale: float = 1.0) -> str:
+    xs = [x * scale for x in xs]
+    return f"median {statistics.median(xs):.1f} {unit} (min {min(xs):.1f}, max {max(xs):.1f}, n={len(xs)})"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--removals", type=int, default=2)
+    ap.add_argument("--checkpoints", type=int, default=4)
+    ap.add_argument("--seeds", type=int, default=4)
+    args = ap.parse_args()
+    import ray
+    import ray.cluster_utils
+    import simpletuner_helpers as sth
+
+    from tools import tiny_models
+
+    root = tiny_models.build_all()
+    with tempfile.TemporaryDirectory(prefix="sd35wb-sweep-ray-") as tmp:
+        tmp = Path(tmp)
+        run = tmp / "models" / "diffusion_models" / "bench-run"
+        run.mkdir(parents=True)
+        models = []
+        for i in range(args.checkpoints):
+            shutil.copyfile(root / "diffusion_models" / "tiny-sd35m.safetensors", run / f"checkpoint-{100 * (i + 1)}.safetensors")
+            models.append(f"bench-run/checkpoint-{100 * (i + 1)}.safetensors")
+        roots = {"diffusion_models": [tmp / "models" / "diffusion_models"]}
+        for folder, paths in tiny_models.model_dirs(root).items():
+            roots.setdefault(folder, []).extend(paths)
+        servers, cluster = [], None
+        try:
+            for k in range(2):
+                base = tmp / f"base{k}"
+                cfg = prepare_base(base, roots, {"sd35wb_testnodes": REPO / "tests" / "testnodes"})
+                servers.append(ComfyServer(base, cfg).start())
+            urls = [s.url for s in servers]
+            cluster = ray.cluster_utils.Cluster(initialize_head=True,
+                                                head_node_args={"num_cpus": 1, "resources": {"comfy": 1}})
+            for _ in range(2):
+                cluster.add_node(num_cpus=1, resources={"comfy": 1})
+            cluster.wait_for_nodes()
+            prompt = sth.tiny(sth.load("simpletuner_sweep_cli.json"), px=64, steps=2, prefix="bench_ray")
+            n_images = args.checkpoints * args.seeds
+            serial = iter(range(1, 10**6))
+
+            def one(path: str, log=None) -> tuple[float, sweep.SweepResult, TimedLog]:
+                seeds = [10_000 * next(serial) + s for s in range(args.seeds)]
+                out = tmp / f"out-{len(list(tmp.glob('out-*')))}" / "grid.png"
+                log = log or TimedLog()
+                sw = sweep.Sweep(prompt, models, None, seeds, urls, out, log=log)
+                dispatch = ray_dispatch.make_dispatch(cluster.address, urls, resource="comfy") if path == "ray" else None
+                t0 = time.perf_counter()  # actors are up: the wall time is the sweep's own
+                res = sw.run(dispatch)
+                wall = time.perf_counter() - t0
+                if res.failures or res.rendered != n_images:
+                    print("\n".join(line for _, line in log.lines), file=sys.stderr)
+                    raise SystemExit(f"{path}: {res.rendered} of {n_images} rendered")
+                return wall, res, log
+
+            one("local")  # warm: each server loads the CLIP and the VAE once, outside the timing
+            walls = {"local": [], "ray": []}
+            for r in range(args.rounds):
+                order = ("local", "ray") if r % 2 == 0 else ("ray", "local")
+                for path in order:
+                    wall, _, _ = one(path)
+                    walls[path].append(wall / n_images)
+                    print(f"round {r + 1}: {path:5s} {n_images} images in {wall:.2f} s = {n_images / wall:.2f} images/s",
+                          flush=True)
+            extra = [ray_s - local_s for ray_s, local_s in zip(walls["ray"], walls["local"])]
+
+            moved = []
+            for k in range(args.removals):
+                log = TimedLog()
+                box: dict = {}
+                th = threading.Thread(target=lambda box=box, log=log: box.update(r=one("ray", log)), daemon=True)
+                th.start()
+                deadline = time.time() + 600
+                while not log.first(rf"^\[2/{n_images}\]"):
+                    if time.time() > deadline or not th.is_alive():
+                        raise SystemExit("removal round: the sweep never reached 2 images")
+                    time.sleep(0.02)
+                actors = {m.group(1): (m.group(2), m.group(3)) for _, line in log.lines
+                          if (m := re.match(r"^ray: actor (\d+) for (\S+) on node (\S+)$", line))}
+                workers = {n.node_id: n for n in cluster.worker_nodes}
+                n, (url, node) = next((n, a) for n, a in sorted(actors.items()) if a[1] in workers)
+                t_rm = time.perf_counter()
+                cluster.remove_node(workers[node])
+                th.join(600)
+                if "r" not in box:
+                    raise SystemExit("removal round: the sweep did not finish")
+                t_new = log.first(rf"^ray: actor {n} for .* now runs on node", t_rm)
+                if t_new is None:
+                    raise SystemExit("removal round: the actor was never restarted elsewhere")
+                # The driver learns of the new node from the first image rendered there.
+                moved.append(t_new[0] - t_rm)
+                print(f"removal {k + 1}: actor {n}'s first image from another node stored {moved[-1]:.2f} s after "
+                      "the removal", flush=True)
+                cluster.add_node(num_cpus=1, resources={"comfy": 1})
+                cluster.wait_for_nodes()
+        finally:
+            for s in servers:
+                s.stop()
+            if cluster is not None:
+                ray.shutdown()  # this process is the driver: leave the cluster before it goes
+                cluster.shutdown()
+
+    local_s, ray_s = statistics.median(walls["local"]), statistics.median(walls["ray"])
+    target_ms = max(50.0, 0.05 * local_s * 1000)
+    print(json.dumps({"images_per_s_local": round(1 / local_s, 3), "images_per_s_ray": round(1 / ray_s, 3),
+                      "s_per_image_local": [round(x, 4) for x in walls["local"]],
+                      "s_per_image_ray": [round(x, 4) for x in walls["ray"]],
+                      "ray_extra_ms_per_image": [round(x * 1000, 1) for x in extra],
+                      "removal_to_first_image_elsewhere_s": [round(x, 2) for x in moved]}))
+    print(f"images/s, local two-server path: {1 / local_s:.2f}; through Ray: {1 / ray_s:.2f}; Ray / local: "
+          f"{local_s / ray_s:.2f} (medians of {args.rounds} rounds)")
+    print(f"Ray's extra time per image: {spread(extra, 'ms', 1000)}; target <= {target_ms:.0f} ms "
+          f"(50 ms or 5 % of {local_s * 1000:.0f} ms): {'met' if statistics.median(extra) * 1000 <= target_ms else 'not met'}")
+    if moved:
+        print(f"node removal -> the lost actor's first image stored from another node: {spread(moved, 's')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
