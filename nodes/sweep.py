@@ -292,8 +292,11 @@ class CheckpointSweep(io.ComfyNode):
                 except ValueError as e:
                     raise ValueError(f"slg: {e} (the slg_start / slg_end fields or axes)") from None
                 if lora:  # the base is here: a wrong layer list fails the node now, not every row
-                    slg_node.build_guider(model, [], [], cfg, "custom", p["layers"], p["scale"], p["start"],
-                                          p["end"], p["gating"], 0.0, "batched")
+                    try:
+                        slg_node.build_guider(model, [], [], cfg, "custom", p["layers"], p["scale"], p["start"],
+                                              p["end"], p["gating"], 0.0, "batched")
+                    except ValueError as e:
+                        raise ValueError(f"slg: {e} (the slg preset, slg_layers or an slg_layers axis)") from None
         size = sweep.plan_size(cells, lora, latent_image["samples"].shape[0])
         sweep.check_size(size, max_images, "raise max_images on the node (advanced inputs)")
         skipped = {} if lora else sweep.family_problems(paths)
