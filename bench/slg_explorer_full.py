@@ -116,6 +116,7 @@ def main() -> int:
     import comfy.model_management
     import comfy.sample
     import comfy.samplers
+    import comfy.utils
     import folder_paths
     import nodes
     from testnodes import make_conditioning
@@ -124,9 +125,7 @@ def main() -> int:
     from tools import tiny_models
     from tools.tiny_models import sd3_model_patcher
 
-    import comfy.utils
-
-    comfy.utils.PROGRESS_BAR_ENABLED = False  # the nodes' tqdm bars, as with --disable-progress... off in a bench
+    comfy.utils.PROGRESS_BAR_ENABLED = False  # no tqdm bars from the nodes in a bench
     if not CUDA:
         torch.set_num_threads(ARGS.threads)
     size = ARGS.size or (512 if CUDA else 128)
