@@ -5,7 +5,8 @@ the tiny SD3.5-Medium-shaped model copied to N checkpoint files, prompts encoded
 CLIP-L, taesd3, 1 step, 32 px). Measured in the child: the growth of resident memory during the
 sweep (Linux VmHWM, reset just before the node runs, minus the RSS then: loading the host and the
 CLIP is not counted); after it, how many models are still alive (``comfy.model_base.BaseModel``
-objects after a garbage collection) and how many the host still counts as loaded; and one model's
+objects after a garbage collection) and how many diffusion models the host still counts as loaded (the CLIP and VAE
+that are the sweep's inputs stay loaded); and one model's
 size as loaded (its weights' bytes on this device). The sizes alternate (small, big / big, small)
 over the rounds.
 
@@ -71,7 +72,9 @@ def child(n_ckpt: int, n_prompts: int, work: Path) -> dict:
 
     gc.collect()
     alive = sum(isinstance(o, comfy.model_base.BaseModel) for o in gc.get_objects())
-    loaded = len(comfy.model_management.current_loaded_models)
+    # the host keeps the CLIP and the VAE loaded (the sweep's inputs); count diffusion models only
+    loaded = sum(isinstance(getattr(lm.model, "model", None), comfy.model_base.BaseModel)
+                 for lm in comfy.model_management.current_loaded_models)
     import folder_paths
 
     one = comfy.sd.load_diffusion_model(folder_paths.get_full_path("diffusion_models", names[0]))
