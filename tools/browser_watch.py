@@ -61,19 +61,27 @@ class Noise(NamedTuple):
 # What the frontend logs only offline / with a fresh user folder: the whole list. Keep it short;
 # every entry is checked against the versions it was seen on.
 OFFLINE_NOISE: list[Noise] = [
-    Noise("fresh-user-folder-404", ("1.58.1",),
+    Noise("fresh-user-folder-404", ("1.32.9", "1.58.1"),
           "a new user's folder has no workflows/ or subgraphs/ folder, user.css or comfy.templates.json yet: the "
-          "frontend asks for each at start-up and logs the host's 404 (the pack's own routes are not in the pattern)",
+          "frontend asks for each at start-up and logs the host's 404; with 1.32.9 the browser's own favicon.ico "
+          "request too (that frontend ships none). The pack's own routes are not in the pattern",
           re.compile(r"^console error: Failed to load resource: the server responded with a status of 404 \(Not Found\) "
-                     r"\(http://127\.0\.0\.1:\d+/(user\.css|api/userdata/(user\.css|comfy\.templates\.json)|"
-                     r"api/userdata\?dir=(workflows|subgraphs)&[^ ]*):0\)$")),
-    Noise("offline-release-notes", ("1.58.1",),
+                     r"\(http://127\.0\.0\.1:\d+/(favicon\.ico|user\.css|api/userdata/(user\.css|comfy\.templates\.json)|"
+                     r"api/userdata\?dir=(workflows|subgraphs(%2F)?)&[^ ]*):0\)$")),
+    Noise("offline-release-notes", ("1.32.9", "1.58.1"),
           "the frontend asks api.comfy.org for ComfyUI's release notes at start-up; the test machine has no DNS",
           re.compile(r"^console error: Failed to load resource: net::ERR_NAME_NOT_RESOLVED \(https://api\.comfy\.org/releases\?")),
-    Noise("offline-model-url-check", ("1.58.1",),
+    Noise("offline-node-registry", ("1.32.9",),
+          "frontend 1.32.9 looks every node up in the Comfy node registry (api.comfy.org/nodes?node_id=comfy-core, "
+          "api.comfy.org/comfy-nodes/<node id>/node) for its node badges and help; the test machine has no DNS",
+          re.compile(r"^console error: Failed to load resource: net::ERR_NAME_NOT_RESOLVED "
+                     r"\(https://api\.comfy\.org/(nodes\?node_id=|comfy-nodes/[A-Za-z0-9_]+/node:)")),
+    Noise("offline-model-url-check", ("1.32.9", "1.58.1"),
           "on loading a workflow the frontend checks the download URL of each model it lists (its missing-models "
-          "dialog; the z_image_turbo one is in the frontend's own default graph); offline they do not resolve",
-          re.compile(r"^console error: Failed to load resource: net::ERR_NAME_NOT_RESOLVED \(https://huggingface\.co/")),
+          "dialog; the z_image_turbo one is in the frontend's own default graph); offline they do not resolve, "
+          "and 1.32.9 also logs its own 'Error fetching file size' for each",
+          re.compile(r"^console error: (Failed to load resource: net::ERR_NAME_NOT_RESOLVED \(https://huggingface\.co/"
+                     r"|Error fetching file size: TypeError: Failed to fetch$)")),
 ]
 
 
