@@ -58,8 +58,9 @@ class Noise(NamedTuple):
     pattern: re.Pattern  # searched in the problem's text
 
 
-# What the frontend logs only offline / with a fresh user folder: the whole list. Keep it short;
-# every entry is checked against the versions it was seen on.
+# What the frontend logs only offline / with a fresh user folder (and one start-up bug of its own,
+# reproduced without the pack): the whole list. Keep it short; every entry applies only on the
+# versions it was seen on (found by running the browser tier on the pinned 1.32.9 and newest 1.58.1).
 OFFLINE_NOISE: list[Noise] = [
     Noise("fresh-user-folder-404", ("1.32.9", "1.58.1"),
           "a new user's folder has no workflows/ or subgraphs/ folder, user.css or comfy.templates.json yet: the "
@@ -76,12 +77,20 @@ OFFLINE_NOISE: list[Noise] = [
           "api.comfy.org/comfy-nodes/<node id>/node) for its node badges and help; the test machine has no DNS",
           re.compile(r"^console error: Failed to load resource: net::ERR_NAME_NOT_RESOLVED "
                      r"\(https://api\.comfy\.org/(nodes\?node_id=|comfy-nodes/[A-Za-z0-9_]+/node:)")),
+    Noise("frontend-1.32.9-render-mode-setting", ("1.32.9",),
+          "not offline noise but the frontend's own start-up bug: 1.32.9's GraphView (useRenderModeSetting) calls "
+          "the setting store's set() before that setting is registered, and onChange reads .id of the missing "
+          "definition. Seen with no custom nodes at all (same host, fresh user folder), so not the pack's; only "
+          "this stack (onChange from set() from GraphView's load) matches",
+          re.compile(r"^console error: TypeError: Cannot read properties of undefined \(reading 'id'\)\s+"
+                     r"at onChange \(http://127\.0\.0\.1:\d+/assets/index-[\w-]+\.js:\d+:\d+\)\s+"
+                     r"at Proxy\.set \(.*?at load \(http://127\.0\.0\.1:\d+/assets/GraphView-", re.S)),
     Noise("offline-model-url-check", ("1.32.9", "1.58.1"),
           "on loading a workflow the frontend checks the download URL of each model it lists (its missing-models "
           "dialog; the z_image_turbo one is in the frontend's own default graph); offline they do not resolve, "
           "and 1.32.9 also logs its own 'Error fetching file size' for each",
           re.compile(r"^console error: (Failed to load resource: net::ERR_NAME_NOT_RESOLVED \(https://huggingface\.co/"
-                     r"|Error fetching file size: TypeError: Failed to fetch$)")),
+                     r"|Error fetching file size: TypeError: Failed to fetch(\s+at fetchFileSize \(|$))")),
 ]
 
 
