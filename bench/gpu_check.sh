@@ -18,9 +18,9 @@ cd "$(dirname "$0")/.."
 [ -f .host.env ] || { echo "gpu_check: run scripts/setup.sh first (no .host.env)"; exit 2; }
 . ./.host.env
 PY="$COMFYUI_PYTHON"
-BENCHES=("slg_speed.py --rows medium1024 256px:200"
+BENCHES=("slg_speed.py --rows medium1024 256px:160"
          "slg_explorer_speed.py:90"
-         "slg_explorer_full.py:170")
+         "slg_explorer_full.py:210")
 
 if [ "${1:-}" = "--check" ]; then
   rc=0
