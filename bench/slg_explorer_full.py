@@ -8,7 +8,8 @@ at the same settings, Stability's Medium recipe: 50 steps, dpmpp_2m, sgm_uniform
 2.5, window 1-20 % of steps. Printed per K: the time of both sides (min/median/max over the repeats,
 which alternate the order), their ratio, the final latents' largest difference, the joint-block rows
 each side computed (forward hooks on the blocks: the work, independent of machine noise), and the
-model loads each side made (``LoadedModel.model_load`` calls). Then the SD3.5 SLG Sensitivity Map's
+host's model-load calls for the MMDiT (``LoadedModel.model_load``: the host makes one per sampling
+run on both sides and finds the weights in place; neither side reads the model from disk again). Then the SD3.5 SLG Sensitivity Map's
 whole run ('each', 1 probe) in plain-CFG-step equivalents (its time / the CFG run's time per step).
 
 What the explorer shares, by the method: every candidate follows the baseline exactly until the SLG
@@ -205,7 +206,7 @@ def main() -> int:
                   f"separate {spread([x[0] for x in res['separate']])}")
             print(f"  explorer / (CFG run + {k} SLG runs): {med['explorer'] / med['separate']:.3f} measured; "
                   f"joint-block rows {rows['explorer']} vs {rows['separate']} = {rows['explorer'] / rows['separate']:.3f}")
-            print(f"  MMDiT loads (LoadedModel.model_load) during the run: explorer {loads['explorer']}, separate {loads['separate']}; "
+            print(f"  host model-load calls for the MMDiT (LoadedModel.model_load: one per sampling run, finding the weights in place) explorer {loads['explorer']}, separate {loads['separate']}; "
                   f"max |explorer - separate| on the final latents {diff:.2e} (tolerance {tol:g})")
             if CUDA:
                 print(f"  peak VRAM (GiB): explorer {max(x[3] for x in res['explorer']) / 1024 ** 3:.2f}  "
