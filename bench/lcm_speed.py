@@ -8,6 +8,9 @@ On the tiny Segmind-Vega-shaped model (SDXL family, 714M parameters) at 128 px o
   weights (the clone shares the model), and at load time only the LoRA's target weights are
   recomputed while the originals are kept by reference, not copied.
 
+Whole images: the same number of runs on each side (``LCM_BENCH_RUNS``, default 3), alternating;
+medians and min/median/max printed.
+
 Run: ``$COMFYUI_PYTHON bench/lcm_speed.py`` (a few minutes on a 2-core CPU).
 """
 
@@ -33,6 +36,11 @@ import torch  # noqa: E402
 SIZE = 128
 LCM_STEPS, LCM_CFG = 4, 1.0
 BASE_STEPS, BASE_CFG, BASE_SAMPLER, BASE_SCHEDULER = 25, 7.0, "euler", "normal"
+RUNS = int(os.environ.get("LCM_BENCH_RUNS", "3"))  # whole-image runs per side
+
+
+def spread(v: list[float]) -> str:
+    return f"{min(v):.2f}/{statistics.median(v):.2f}/{max(v):.2f}"
 
 
 def rss_mb() -> float:
@@ -130,27 +138,36 @@ def main() -> None:
 
     lcm_m, c_lcm = counted(patched)
     base_m, c_base = counted(base)
-    print("\nfirst run of each model (loads and patches the weights, 1 step) ...")
-    w_lcm = run(lcm_m, 1, LCM_CFG, "lcm", "sgm_uniform")
-    c_lcm.calls = c_lcm.rows = 0
-    t_lcm1 = run(lcm_m, LCM_STEPS, LCM_CFG, "lcm", "sgm_uniform")
-    evals = (c_lcm.calls, c_lcm.rows)
-    w_base = run(base_m, 1, BASE_CFG, BASE_SAMPLER, BASE_SCHEDULER)
-    c_base.calls = c_base.rows = 0
-    t_base = run(base_m, BASE_STEPS, BASE_CFG, BASE_SAMPLER, BASE_SCHEDULER)
-    base_counts = (c_base.calls, c_base.rows)
-    # LCM again after the baseline (re-patches on load, untimed) so a busy machine's slow spell
-    # does not land on one side only: the faster of the two LCM runs counts.
-    run(lcm_m, 1, LCM_CFG, "lcm", "sgm_uniform")
-    t_lcm2 = run(lcm_m, LCM_STEPS, LCM_CFG, "lcm", "sgm_uniform")
-    t_lcm = min(t_lcm1, t_lcm2)
+    # The same number of whole-image runs on both sides, alternating (LCM first, then the baseline
+    # first, ...), so a busy machine's slow spell does not land on one side only. Before each timed
+    # run an untimed 1-step run loads the model (the two share weights: each load re-patches or
+    # unpatches them); the first of those per side is printed as the load + patch time.
+    lcm_t, base_t, first_load = [], [], {}
+    for r in range(RUNS):
+        for side in (("lcm", "base") if r % 2 == 0 else ("base", "lcm")):
+            m, c, args, out = ((lcm_m, c_lcm, (LCM_STEPS, LCM_CFG, "lcm", "sgm_uniform"), lcm_t) if side == "lcm"
+                               else (base_m, c_base, (BASE_STEPS, BASE_CFG, BASE_SAMPLER, BASE_SCHEDULER), base_t))
+            w = run(m, 1, *args[1:])
+            first_load.setdefault(side, w)
+            c.calls = c.rows = 0
+            out.append(run(m, *args))
+            if r == 0:
+                counts = (c.calls, c.rows)
+                if side == "lcm":
+                    evals = counts
+                else:
+                    base_counts = counts
     c_lcm.calls, c_lcm.rows = evals
-    print(f"LCM-LoRA {LCM_STEPS}-step runs: {t_lcm1:.1f}s and {t_lcm2:.1f}s (before / after the baseline)")
-    print(f"first-run load + patch: LCM-LoRA {w_lcm:.1f}s (LoRA applied here), plain {w_base:.1f}s (1 step each included)")
+    c_base.calls, c_base.rows = base_counts
+    t_lcm, t_base = statistics.median(lcm_t), statistics.median(base_t)
+    print(f"\n{RUNS} whole-image runs per side, alternating; wall s min/median/max: LCM-LoRA {spread(lcm_t)}, "
+          f"baseline {spread(base_t)}")
+    print(f"first-run load + patch: LCM-LoRA {first_load['lcm']:.1f}s (LoRA applied here), plain "
+          f"{first_load['base']:.1f}s (1 step each included)")
 
     print(f"\n{'':34s}{'UNet calls':>11s}{'evaluations':>13s}{'wall s/image':>14s}")
-    print(f"{f'LCM-LoRA {LCM_STEPS} steps, lcm, cfg {LCM_CFG:g}':34s}{c_lcm.calls:>11d}{c_lcm.rows:>13d}{t_lcm:>14.1f}")
-    print(f"{f'{BASE_STEPS} steps, {BASE_SAMPLER}, cfg {BASE_CFG:g}':34s}{c_base.calls:>11d}{c_base.rows:>13d}{t_base:>14.1f}")
+    print(f"{f'LCM-LoRA {LCM_STEPS} steps, lcm, cfg {LCM_CFG:g}':34s}{c_lcm.calls:>11d}{c_lcm.rows:>13d}{t_lcm:>14.2f}")
+    print(f"{f'{BASE_STEPS} steps, {BASE_SAMPLER}, cfg {BASE_CFG:g}':34s}{c_base.calls:>11d}{c_base.rows:>13d}{t_base:>14.2f}")
     # A shared machine's load swings during one long run, so also time single steps of the same
     # loaded model alternately: one row per call (cfg 1, as LCM) against two rows (cfg 7), 7 each.
     one, two = [], []
@@ -160,12 +177,13 @@ def main() -> None:
     s1, s2 = statistics.median(one), statistics.median(two)
     c_base.calls, c_base.rows = base_counts  # the table and ratios count the 25-step image only
     est_lcm, est_base = LCM_STEPS * s1, BASE_STEPS * s2
-    print(f"\ninterleaved single steps (median of 7): cfg 1 {s1:.2f}s, cfg {BASE_CFG:g} {s2:.2f}s per step -> "
+    print(f"\ninterleaved single steps, 7 each, s min/median/max: cfg 1 {spread(one)}, cfg {BASE_CFG:g} {spread(two)}")
+    print(f"medians: cfg 1 {s1:.2f}s, cfg {BASE_CFG:g} {s2:.2f}s per step -> "
           f"{est_lcm:.1f}s vs {est_base:.1f}s per image")
 
     print(f"\nratio (baseline / LCM): model evaluations {c_base.rows / c_lcm.rows:.1f}x fewer "
           f"(UNet calls {c_base.calls / c_lcm.calls:.2f}x: cfg > 1 batches positive+negative into one call); "
-          f"wall time {t_base / t_lcm:.1f}x faster end to end, {est_base / est_lcm:.1f}x from interleaved steps")
+          f"wall time {t_base / t_lcm:.1f}x faster end to end (medians of {RUNS} runs each), {est_base / est_lcm:.1f}x from interleaved steps")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ def parse_args():
 
 ARGS = parse_args()
 CUDA = ARGS.device == "cuda" or (ARGS.device == "auto" and torch.cuda.is_available())
+if ARGS.device == "cuda" and not torch.cuda.is_available():
+    sys.exit("slg_explorer_speed: --device cuda but torch sees no CUDA device")
 
 host.bootstrap(cpu=not CUDA)  # the host first on sys.path, before anything imports comfy
 

@@ -109,9 +109,11 @@ def random_tensor(name: str, shape: tuple[int, ...], seed: int) -> Iterator[torc
 
 
 def write_streaming(path: Path, entries: list[tuple[str, tuple[int, ...], torch.dtype, Callable[[], Iterator[torch.Tensor]]]],
-                    metadata: dict | None = None) -> Path:
+                    metadata: dict | None = None, header_only: bool = False) -> Path:
     """Write a safetensors file from (name, shape, dtype, chunks) without holding it in memory:
-    the header first (shapes are known), then each tensor's flat chunks cast to its dtype."""
+    the header first (shapes are known), then each tensor's flat chunks cast to its dtype.
+    ``header_only``: the exact header, then the data area as a sparse hole of the right length
+    (reads as zeros; no disk used, no time), for checks that read only the header."""
     header: dict = {"__metadata__": metadata} if metadata else {}
     offset = 0
     for name, shape, dtype, _ in entries:
@@ -124,6 +126,9 @@ def write_streaming(path: Path, entries: list[tuple[str, tuple[int, ...], torch.
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw)
+        if header_only:
+            f.truncate(8 + len(raw) + offset)
+            entries = []
         for name, _shape, dtype, chunks in entries:
             written = 0
             for c in chunks():
@@ -135,12 +140,14 @@ def write_streaming(path: Path, entries: list[tuple[str, tuple[int, ...], torch.
     return path
 
 
-def write_single_file(path: Path, spec: dict, dtype: torch.dtype, seed: int) -> Path:
+def write_single_file(path: Path, spec: dict, dtype: torch.dtype, seed: int, header_only: bool = False) -> Path:
     """Stability's single file: the MMDiT in ``dtype`` and the VAE in fp16."""
     shapes = [(k, s, dtype) for k, s in mmdit_shapes(spec).items()]
     shapes += [(k, s, torch.float16) for k, s in vae_shapes().items()]
     entries = [(k, s, dt, (lambda k=k, s=s: random_tensor(k, s, seed))) for k, s, dt in sorted(shapes)]
-    return write_streaming(path, entries, {"sd35wb_realsize": f"random weights, SD3.5 structure {spec['hidden']}x{spec['blocks']}"})
+    what = "header only (zero data)" if header_only else "random weights"
+    return write_streaming(path, entries, {"sd35wb_realsize": f"{what}, SD3.5 structure {spec['hidden']}x{spec['blocks']}"},
+                           header_only=header_only)
 
 
 def diffusers_config(spec: dict) -> dict:
@@ -216,6 +223,34 @@ def large(root: Path | None = None) -> Path:
     if not turbo.exists():
         os.link(single, turbo)
     return root
+
+
+def large_headers(root: Path | None = None) -> Path:
+    """Large and the Large Turbo file name with the exact header of the real files and a sparse,
+    zero data area (8 GB apparent size, no disk, instant): what detection, the variant choice and
+    the hub table see. Loading them is not the point (zero weights). Returns the folder."""
+    folder = (Path(root) if root else cache_root()) / "large-headers"
+    single = folder / LARGE_FILE
+    if not single.exists():
+        write_single_file(single, LARGE, torch.float8_e4m3fn, seed=2, header_only=True)
+    turbo = folder / TURBO_FILE
+    if not turbo.exists():
+        os.link(single, turbo)
+    return folder
+
+
+def header_state_dict(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The file's tensors as ``meta`` tensors of their real shapes and dtypes (reads only the header)."""
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(path), framework="pt") as f:
+        for k in f.keys():
+            if k.startswith(prefix):
+                sl = f.get_slice(k)
+                dt = {v: k2 for k2, v in ST_DTYPES.items()}[sl.get_dtype()]
+                out[k] = torch.empty(sl.get_shape(), dtype=dt, device="meta")
+    return out
 
 
 if __name__ == "__main__":

@@ -10,6 +10,14 @@ On CPU the host keeps an fp16 file's weights in float32 (``model_management.unet
 needs about 10 GB resident per load; the two loads run one after the other. Run it alone
 (``flock -x /tmp/sd35wb-mem.lock``, as ``make test-realsize`` does). Left out of a run unless
 ``-m`` names ``realsize`` (tests/conftest.py).
+
+SD3.5 Large / Large Turbo: a random-weight Large is 8 GB even as fp8, and on CPU the host loads
+it as float32 (about 32 GB: the pack's loader has no weight-dtype input and ``unet_dtype`` is
+float32 on a CPU device), so a full load does not fit a 24 GiB machine. What is checked here is
+what needs only the file's header, header-exact (``tools.real_models.large_headers``: the real
+header, a sparse zero data area): the loader's detection and variant choice with variant auto for
+both file names, the settings it would report, the host's own model detection, and the hub table.
+A full Large load + SLG step needs about 40 GB of RAM or a GPU (not this tier).
 """
 
 from __future__ import annotations
@@ -130,3 +138,48 @@ def test_medium_loader_reports_medium_and_matches_core_slg_step(host, real, cond
           f"peak +{ours_mem.growth / 2**30:.2f} GiB; core UNETLoader {core_mem.seconds:.1f}s peak "
           f"+{core_mem.growth / 2**30:.2f} GiB; one SLG step rel diff {rel:.2e}")
     assert torch.isfinite(ours).all() and rel <= REL_TOL
+
+
+def test_large_and_turbo_detected_from_their_headers(host):
+    import comfy.model_detection
+
+    from tools import real_models
+
+    folder = real_models.large_headers()
+    for name, want, steps in (("sd3.5_large.safetensors", "large", 40), ("sd3.5_large_turbo.safetensors", "large_turbo", 4)):
+        p = folder / name
+        info = si.inspect_model(str(p))
+        assert (info.detected, info.num_blocks, tuple(info.attn2_blocks), info.has_vae) == ("large", 38, (), True), \
+            info.describe()
+        chosen, why = si.resolve_variant(info, "auto", name)
+        settings = presets.recommended_settings(chosen)
+        assert (chosen, settings["steps"]) == (want, steps), (chosen, why, settings)
+        # the host's own detection from the same header (meta tensors: shapes and dtypes, no data)
+        sd = real_models.header_state_dict(p, "model.diffusion_model.")
+        cfg = comfy.model_detection.model_config_from_unet(sd, "model.diffusion_model.")
+        assert type(cfg).__name__ == "SD3" and cfg.unet_config["depth"] == 38, cfg
+        assert cfg.unet_config.get("x_block_self_attn_layers", []) == [] and cfg.unet_config["pos_embed_max_size"] == 192
+        f = hub.KNOWN_FILES[name]  # the real files are 16.5 GB (16-bit); ours is the fp8 layout the issue asks for
+        assert f.folder == "checkpoints" and f.repo_path == name and f.repos[0] == hub.REPOS[want]
+        assert abs(p.stat().st_size / 1e9 - 8.2) < 0.3, p.stat().st_size
+        print(f"\n[realsize] {name}: header-exact, {p.stat().st_size / 1e9:.1f} GB apparent (sparse), detected "
+              f"{info.describe()} -> {chosen} ({why}); host detection SD3 depth 38")
+
+
+def test_simpletuner_medium_folder_through_the_loader(host, real):
+    """The SimpleTuner ``transformer/`` folder of the Medium through the pack's loader, variant auto."""
+    name = "sd3.5_medium/transformer/diffusion_pytorch_model.safetensors"
+    with PeakRSS() as mem:
+        model, _clip, _vae, settings = call(
+            host.nodes, "SD35WB_SD35Loader", model_name=name, variant="auto", clip_l="none", clip_g="none",
+            t5xxl="none", t5_dtype="default", vae="taesd3", shift=3.0, fetch_missing=False)
+    try:
+        assert settings["variant"] == "medium" and settings["slg"]["layers"] == [7, 8, 9]
+        dm = model.model.diffusion_model
+        assert dm.hidden_size == 1536 and len(dm.joint_blocks) == 24
+        assert sorted(i for i, b in enumerate(dm.joint_blocks) if b.x_block.x_block_self_attn) == list(range(13))
+    finally:
+        del model
+        free()
+    print(f"\n[realsize] SimpleTuner transformer/ folder of the Medium: variant auto -> medium, load "
+          f"{mem.seconds:.1f}s, peak +{mem.growth / 2**30:.2f} GiB")
