@@ -13,13 +13,14 @@ rank 16:
    classes: a file cannot carry a block count), rounds alternating small / big. Target: <= 1.1, and the
    growth per extra LoRA patch is printed against the base model's size.
 3. wall: the sweep's wall time over the bare sampling time of the same images (core LoraLoaderModelOnly +
-   KSampler, each model sampled once to patch it, then timed), at a size where a step takes >= 50 ms.
-   Target: <= 1.05.
+   KSampler, each model sampled once to patch it, then timed), at a size where a step takes >= 50 ms, with
+   ``--seeds`` (4) images per LoRA x strength as a sweep that tells a checkpoint from a lucky seed has
+   (``--seeds 1`` is the worst case: one patch per image). Target: <= 1.05.
 
 Times are taken on two clocks, wall and this process's CPU time; targets are judged on CPU time,
 which another job on the same cores disturbs far less than wall time (both are printed).
 
-Run: PYTHONPATH=$SD35WB_TOOLS $COMFYUI_PYTHON bench/sweep_lora.py [--parts switch,memory,wall] [--rounds 3]
+Run: $COMFYUI_PYTHON bench/sweep_lora.py [--parts switch,memory,wall] [--rounds 3]
 (part 1 needs about 16 GiB of free memory: Medium is kept as float32 on CPU).
 """
 
@@ -93,20 +94,22 @@ def _since(t0: tuple[float, float]) -> dict:
     return {"wall": w - t0[0], "cpu": c - t0[1]}
 
 
-def _bare(nodes, model, inp, repeats: int) -> list[dict]:
-    """Wall / CPU seconds per KSampler call on an already patched, loaded model."""
+def _bare(nodes, model, inp, repeats: int, seeds=None) -> list[dict]:
+    """Wall / CPU seconds per KSampler call on an already patched, loaded model (each of ``seeds``,
+    ``repeats`` times)."""
     ks = nodes.KSampler()
 
-    def once():
-        ks.sample(model, inp["seed"], inp["steps"], inp["cfg"], "euler", "simple", inp["positive"], inp["negative"],
+    def once(seed):
+        ks.sample(model, seed, inp["steps"], inp["cfg"], "euler", "simple", inp["positive"], inp["negative"],
                   inp["latent_image"])
 
-    once()  # loads and patches: not sampling time
+    once(inp["seed"])  # loads and patches: not sampling time
     out = []
-    for _ in range(repeats):
-        t = _clock()
-        once()
-        out.append(_since(t))
+    for seed in seeds or [inp["seed"]]:
+        for _ in range(repeats):
+            t = _clock()
+            once(seed)
+            out.append(_since(t))
     return out
 
 
@@ -167,20 +170,22 @@ def child_memory(work: Path, n_lora: int, n_strength: int, blocks: int) -> dict:
             "peak_mib": _status_kib("VmHWM") / 1024, "before_mib": rss0 / 1024, "model_mib": size_mib}
 
 
-def child_wall(work: Path, n_lora: int, blocks: int, px: int, steps: int) -> dict:
+def child_wall(work: Path, n_lora: int, blocks: int, px: int, steps: int, n_seeds: int) -> dict:
     nodes, sweep_node = _boot(work)
     loras = _write_loras(work / "loras" / "wall-run", n_lora, blocks=blocks, seed0=50)
     base = _small_base(blocks)
     inp = _inputs(nodes, px, steps=steps, cfg=4.0)
     strengths = (0.5, 1.0)
+    seeds = [inp["seed"] + k for k in range(n_seeds)]  # the sweep's seed_count: seed, seed+1, ...
     bare = []
     for name in loras:
         for s in strengths:
             (m,) = nodes.LoraLoaderModelOnly().load_lora_model_only(base, name, s)
-            bare += _bare(nodes, m, inp, repeats=1)
-    wall, res = _sweep(sweep_node, inp, models="\n".join(loras), model=base,
+            bare += _bare(nodes, m, inp, repeats=1, seeds=seeds)
+    wall, res = _sweep(sweep_node, inp, models="\n".join(loras), model=base, seed_count=n_seeds,
                        strengths=", ".join(map(str, strengths)))
-    return {"images": int(res.result[0].shape[0]), "wall": wall, "bare": bare, "steps": steps, "px": px}
+    return {"images": int(res.result[0].shape[0]), "wall": wall, "bare": bare, "steps": steps, "px": px,
+            "seeds": n_seeds}
 
 
 def _child(args: list[str]) -> dict:
@@ -204,8 +209,13 @@ def main() -> int:
     ap.add_argument("--big", default="40x4", help="memory: LoRAs x strengths")
     ap.add_argument("--small", default="2x1")
     ap.add_argument("--blocks", type=int, default=2, help="memory and wall: blocks of the width-1536 base")
+    ap.add_argument("--seeds", type=int, default=4, help="wall: seeds per LoRA x strength (the node's seed_count)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    sys.path.append(str(REPO))
+    from tools import host
+
+    host.use_host_python()  # the LoRA files are written by PEFT and diffusers, from the test-tools layer
     if args.child:
         kind, *rest = json.loads(args.child)
         fn = {"switch": child_switch, "memory": child_memory, "wall": child_wall}[kind]
@@ -248,9 +258,9 @@ def main() -> int:
                   f"({100 * extra / model:.2f} % of the base)", flush=True)
             verdicts.append(ratio <= TARGETS["memory"])
         if "wall" in parts:
-            r = _child(["wall", str(Path(tmp) / "wall"), 4, args.blocks, 64, 4])
-            print(f"wall (width 1536, {args.blocks} blocks, {r['images']} images at {r['px']} px, {r['steps']} steps):",
-                  flush=True)
+            r = _child(["wall", str(Path(tmp) / "wall"), 4, args.blocks, 64, 4, args.seeds])
+            print(f"wall (width 1536, {args.blocks} blocks, 4 LoRAs x 2 strengths x {r['seeds']} seeds = {r['images']} "
+                  f"images at {r['px']} px, {r['steps']} steps):", flush=True)
             ratios = {}
             for clock in ("wall", "cpu"):
                 bare = [b[clock] for b in r["bare"]]
