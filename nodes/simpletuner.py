@@ -21,7 +21,6 @@ from . import _compat as C
 
 LOG = logging.getLogger("sd35-workbench")
 ROOTS_ENV = linker.ROOTS_ENV
-WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
 
 
 def host_destinations() -> linker.Destinations:

@@ -17,7 +17,7 @@ import comfy.sd
 import comfy.utils
 import folder_paths
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..sd35wb import folders, grid, simpletuner, sweep
 from ..sd35wb import overrides as O
@@ -27,24 +27,14 @@ from . import _lora, schedulers
 from . import slg as slg_node
 
 LOG = logging.getLogger("sd35-workbench")
-WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+WEIGHT_DTYPES = C.weight_dtype_options()
 SLG_CHOICES = ["off", *(n for n in slg_node.PRESET_NAMES if n != "off")]
 SLG_FIELDS = ("layers", "scale", "start", "end", "gating")
 
 
-def _model_options(weight_dtype: str) -> dict:
-    if weight_dtype == "fp8_e4m3fn":
-        return {"dtype": torch.float8_e4m3fn}
-    if weight_dtype == "fp8_e4m3fn_fast":
-        return {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True}
-    if weight_dtype == "fp8_e5m2":
-        return {"dtype": torch.float8_e5m2}
-    return {}
-
-
 def load_checkpoint(path: str, weight_dtype: str):
     """The one place the sweep loads a checkpoint's model, sampled as its files say (v-pred / zero-SNR)."""
-    model = comfy.sd.load_diffusion_model(path, model_options=_model_options(weight_dtype))
+    model = comfy.sd.load_diffusion_model(path, model_options=C.weight_dtype_model_options(weight_dtype))
     model, note = schedulers.auto_patch(model, path)
     LOG.info("[sd35-workbench] sweep %s: %s", os.path.basename(path), note.replace("\n", "; "))
     return model
