@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import statistics
 import sys
 import tempfile
@@ -79,16 +78,12 @@ def main() -> int:
     import simpletuner_helpers as sth
 
     from tools import tiny_models
+    from tools.sweep_host import checkpoint_run
 
     root = tiny_models.build_all()
     with tempfile.TemporaryDirectory(prefix="sd35wb-sweep-ray-") as tmp:
         tmp = Path(tmp)
-        run = tmp / "models" / "diffusion_models" / "bench-run"
-        run.mkdir(parents=True)
-        models = []
-        for i in range(args.checkpoints):
-            shutil.copyfile(root / "diffusion_models" / "tiny-sd35m.safetensors", run / f"checkpoint-{100 * (i + 1)}.safetensors")
-            models.append(f"bench-run/checkpoint-{100 * (i + 1)}.safetensors")
+        models = checkpoint_run(tmp / "models", args.checkpoints)
         roots = {"diffusion_models": [tmp / "models" / "diffusion_models"]}
         for folder, paths in tiny_models.model_dirs(root).items():
             roots.setdefault(folder, []).extend(paths)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -44,16 +43,12 @@ def main() -> int:
     import simpletuner_helpers as sth
 
     from tools import tiny_models
+    from tools.sweep_host import checkpoint_run
 
     root = tiny_models.build_all()
     with tempfile.TemporaryDirectory(prefix="sd35wb-sweep-servers-") as tmp:
         tmp = Path(tmp)
-        run = tmp / "models" / "diffusion_models" / "bench-run"
-        run.mkdir(parents=True)
-        models = []
-        for i in range(args.checkpoints):
-            shutil.copyfile(root / "diffusion_models" / "tiny-sd35m.safetensors", run / f"checkpoint-{100 * (i + 1)}.safetensors")
-            models.append(f"bench-run/checkpoint-{100 * (i + 1)}.safetensors")
+        models = checkpoint_run(tmp / "models", args.checkpoints)
         roots = {f: [tmp / "models" / f] for f in ("diffusion_models",)}
         for folder, paths in tiny_models.model_dirs(root).items():
             roots.setdefault(folder, []).extend(paths)

@@ -98,7 +98,9 @@ app.registerExtension({
   name: "sd35wb.overrides",
   async setup() {
     await loadTable();
-    for (const node of app.graph?._nodes ?? app.graph?.nodes ?? []) refresh(node);
+    // Nodes mark themselves on their next draw; reading app.graph here would be too early on some
+    // frontends (1.49 logs "graph accessed before initialization").
+    app.canvas?.setDirty?.(true, true);
   },
   beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData.name?.startsWith("SD35WB_")) return;

@@ -28,8 +28,8 @@ from . import slg as slg_node
 
 LOG = logging.getLogger("sd35-workbench")
 WEIGHT_DTYPES = C.weight_dtype_options()
-SLG_CHOICES = ["off", *(n for n in slg_node.PRESET_NAMES if n != "off")]
-SLG_FIELDS = ("layers", "scale", "start", "end", "gating")
+SLG_CHOICES = ["off", *(n for n in slg_node.PRESET_NAMES if n not in ("off", "custom"))]
+SLG_REFERENCE = "SD3.5 Medium (Stability reference)"  # what slg_* axes start from with slg off
 
 
 def load_checkpoint(path: str, weight_dtype: str):
@@ -74,15 +74,18 @@ def _axis_specs() -> dict[str, sweep.InputSpec]:
             "slg_start": sweep.InputSpec("FLOAT", 0.0, 1.0), "slg_end": sweep.InputSpec("FLOAT", 0.0, 1.0)}
 
 
-def resolve_slg(preset: str, fields: dict, settings, swept: list[sweep.Axis]) -> dict | None:
+def resolve_slg(preset: str, settings, swept: list[sweep.Axis]) -> dict | None:
     """The SLG values every cell starts from (an slg_* axis then replaces its own), through the SLG
-    sampler's own preset rules; None when no cell gets SLG. With preset 'off' and an slg_* axis, the
-    fields are the start, so 'slg_scale=0,2.5' compares plain CFG with the fields' SLG."""
+    sampler's own presets; None when no cell gets SLG. With preset 'off' and an slg_* axis, Stability's
+    Medium reference is the start, so 'slg_scale=0,2.5' compares plain CFG with that SLG."""
     slg_node._check_settings(settings)  # noqa: SLF001 - the SLG nodes' own settings check, not a copy
     has_axis = any(a.name.startswith("slg_") for a in swept)
     if preset == "off" and not has_axis:
         return None
-    return dict(fields) if preset == "off" else S.resolve_slg(preset, fields, settings, slg_node.PRESETS)
+    if preset == "from settings" and settings is None:
+        raise ValueError("slg: 'from settings' needs the SD3.5 loader's SETTINGS connected to 'settings'; connect "
+                         "it, or pick a named preset")
+    return S.resolve_slg(SLG_REFERENCE if preset == "off" else preset, {}, settings, slg_node.PRESETS)
 
 
 def slg_line(preset: str, base: dict | None, swept) -> str:
@@ -90,7 +93,7 @@ def slg_line(preset: str, base: dict | None, swept) -> str:
         return "slg: off (plain CFG)"
     shown = ", ".join(f"{k} {sweep.format_value(v)}" + (" (swept in axes)" if any(a.name == f"slg_{k}" for a in swept)
                                                          else "") for k, v in base.items())
-    return f"slg: {preset}: {shown}" + (" (the slg_* fields, for the slg axes)" if preset == "off" else "")
+    return f"slg: {preset}: {shown}" + (f" ({SLG_REFERENCE}, for the slg axes)" if preset == "off" else "")
 
 
 def cell_slg(base: dict | None, axes) -> dict | None:
@@ -193,8 +196,8 @@ class CheckpointSweep(io.ComfyNode):
                 io.String.Input("axes", multiline=True, default="", optional=True,
                                 tooltip="More settings to compare, as grid columns: e.g. 'cfg=3.5,4.5; steps=28,40; "
                                         "sampler_name=euler,dpmpp_2m; slg_scale=0,2.5'. Sweepable: cfg, steps, sampler_name, "
-                                        "scheduler, denoise, slg_scale, slg_layers (lists with commas: "
-                                        "slg_layers=7,8,9|6,7), slg_start, slg_end. A swept setting replaces its "
+                                        "scheduler, denoise, slg_scale, slg_layers (blocks by spaces: "
+                                        "slg_layers=7 8 9, 6 7), slg_start, slg_end. A swept setting replaces its "
                                         "widget's value; the report says so."),
                 io.Int.Input("max_images", **C.advanced(), default=sweep.DEFAULT_MAX_IMAGES, min=1, max=100000, optional=True,
                              tooltip="A plan of more images than this is refused before anything renders (the "
@@ -202,18 +205,9 @@ class CheckpointSweep(io.ComfyNode):
                 io.Combo.Input("slg", options=SLG_CHOICES, default="off", optional=True, tooltip=(
                     "Skip Layer Guidance for every render (SD3 / SD3.5 only), through the SLG sampler's own presets "
                     "and guider: 'off' plain CFG; 'from settings' the SD3.5 loader's recommendation for the "
-                    "variant (connect 'settings'); a named preset; 'custom' the slg_* fields. An slg_scale / "
-                    "slg_layers / slg_start / slg_end axis sweeps that value (with 'off', from the fields).")),
-                io.String.Input("slg_layers", default="7, 8, 9", optional=True,
-                                tooltip="SLG 'custom': joint blocks skipped, e.g. 7, 8, 9 (Stability's SD3.5 Medium choice)."),
-                io.Float.Input("slg_scale", default=2.5, min=0.0, max=10.0, step=0.1, optional=True,
-                               tooltip="SLG 'custom': strength (Stability 2.5, core 3.0); 0 is plain CFG."),
-                io.Float.Input("slg_start", default=0.01, min=0.0, max=1.0, step=0.001, optional=True,
-                               tooltip="SLG 'custom': where the window opens, as a fraction of the run."),
-                io.Float.Input("slg_end", default=0.2, min=0.0, max=1.0, step=0.001, optional=True,
-                               tooltip="SLG 'custom': where the window closes, as a fraction of the run."),
-                io.Combo.Input("slg_gating", options=list(S.GATINGS), default="steps", optional=True,
-                               tooltip="SLG 'custom': 'steps' Stability's rule, 'sigma' core's (see the SLG sampler)."),
+                    "variant (connect 'settings'); or a named preset. Other values go in 'axes': slg_scale, "
+                    "slg_layers, slg_start, slg_end (with 'off', from Stability's Medium reference), e.g. "
+                    "'slg_scale=0, 2.5' or 'slg_layers=7 8 9, 6 7'.")),
                 slg_node.SETTINGS.Input("settings", optional=True, tooltip=(
                     "The SD3.5 loader's SETTINGS, for slg 'from settings' (the SLG values only; the sampling "
                     "widgets here stay what they show).")),
@@ -236,9 +230,7 @@ class CheckpointSweep(io.ComfyNode):
                 scheduler: str = "sgm_uniform", denoise: float = 1.0, weight_dtype: str = "default",
                 order: str = "numeric", validation_images: bool = False, max_tile: int = grid.MAX_TILE,
                 page_width: int = grid.MAX_PAGE, model=None, strengths: str = "1.0", axes: str = "",
-                max_images: int = sweep.DEFAULT_MAX_IMAGES, slg: str = "off", slg_layers: str = "7, 8, 9",
-                slg_scale: float = 2.5, slg_start: float = 0.01, slg_end: float = 0.2, slg_gating: str = "steps",
-                settings=None) -> io.NodeOutput:
+                max_images: int = sweep.DEFAULT_MAX_IMAGES, slg: str = "off", settings=None) -> io.NodeOutput:
         lora = model is not None
         folder = "loras" if lora else "diffusion_models"
         names = sweep.parse_model_list(models)
@@ -272,15 +264,14 @@ class CheckpointSweep(io.ComfyNode):
                              "line (with a 'clip'), or connect a positive conditioning")
         seeds = [seed + k for k in range(seed_count)]
         cells = sweep.plan(names, texts or ["(positive input)"], seeds, weights, swept)
-        slg_base = resolve_slg(slg, dict(zip(SLG_FIELDS, (slg_layers, slg_scale, slg_start, slg_end, slg_gating))),
-                               settings, swept)
+        slg_base = resolve_slg(slg, settings, swept)
         for combo in dict.fromkeys(c.axes for c in cells):
             p = cell_slg(slg_base, combo)
             if p is not None:
                 try:
                     S.validate_window(p["start"], p["end"], p["gating"])
                 except ValueError as e:
-                    raise ValueError(f"slg: {e} (the slg_start / slg_end fields or axes)") from None
+                    raise ValueError(f"slg: {e} (the slg preset, or the slg_start / slg_end axes)") from None
                 if lora:  # the base is here: a wrong layer list fails the node now, not every row
                     try:
                         slg_node.build_guider(model, [], [], cfg, "custom", p["layers"], p["scale"], p["start"],
@@ -372,7 +363,7 @@ class CheckpointSweep(io.ComfyNode):
 
                         if st.get("slg"):
                             p = st["slg"]
-                            guider = slg_node.build_guider(m, conds[c.prompt_index], negative, st["cfg"], "custom",
+                            guider, _ = slg_node.build_guider(m, conds[c.prompt_index], negative, st["cfg"], "custom",
                                                            p["layers"], p["scale"], p["start"], p["end"],
                                                            p["gating"], 0.0, "batched")
                             out = slg_node.sample_with_guider(guider, m, latent_image, c.seed, st["steps"],
@@ -406,16 +397,14 @@ class CheckpointSweep(io.ComfyNode):
                     mm.cleanup_models_gc()
                     mm.soft_empty_cache()
             LOG.info("[sd35-workbench] sweep %d/%d images: %s", len(samples), len(todo), name)
-        given = {"slg": slg, "slg_layers": slg_layers, "slg_scale": slg_scale, "slg_start": slg_start,
-                 "slg_end": slg_end, "slg_gating": slg_gating, "axes": axes, "prompts": prompts,
+        given = {"slg": slg, "axes": axes, "prompts": prompts,
                  **({"strengths": strengths} if strengths.strip() not in ("", "1.0", "1") else {}),
                  **({"weight_dtype": weight_dtype} if weight_dtype != "default" else {})}
         connected = {n for n, v in (("model", model), ("settings", settings), ("positive", positive), ("clip", clip))
                      if v is not None}
-        used = {f"slg_{k}": v for k, v in slg_base.items()} if slg_base and slg not in ("off", "custom") else {}
         report = cls._report(size, lora, names, weights, swept, fixed, skipped, stats, len(seeds), len(texts),
                              [slg_line(slg, slg_base, swept),
-                              *O.report_lines("SD35WB_CheckpointSweep", given, used, connected)])
+                              *O.report_lines("SD35WB_CheckpointSweep", given, {}, connected)])
         images, grid_t, labels = cls._draw(names, texts, seeds, cells, samples, skipped, vae, paths, validation_images,
                                            max_tile, page_width, swept)
         return io.NodeOutput(images, grid_t, labels, report, ui={"text": [report]})

@@ -25,7 +25,6 @@ from . import presets
 VERSION = 1
 SLG_FIELDS = ["layers", "scale", "start", "end", "gating"]
 NAMED_SLG_PRESETS = list(presets.SLG_PRESETS)
-SWEEP_SLG_AXES = ["slg_layers", "slg_scale", "slg_start", "slg_end"]  # the sweep's SLG fields (its 'slg' off: for axes)
 
 
 def _slg_rules(sampling: list[str]) -> list[dict]:
@@ -71,12 +70,8 @@ OVERRIDES: dict[str, list[dict]] = {
          "when": {"values": {"prediction": ["v_prediction", "eps"], "zsnr": ["on", "off"]}}},
     ],
     "SD35WB_CheckpointSweep": [
-        {"inputs": ["cfg", "steps", "sampler_name", "scheduler", "denoise", *SWEEP_SLG_AXES], "by": "axes",
-         "effect": "overridden", "label": "swept in axes", "when": {"named_in": "axes"}},
-        {"inputs": [*SWEEP_SLG_AXES, "slg_gating"], "by": "slg", "effect": "overridden", "label": "from preset",
-         "when": {"values": {"slg": [p for p in NAMED_SLG_PRESETS if p != "off"]}}},
-        {"inputs": [*SWEEP_SLG_AXES, "slg_gating"], "by": "settings", "effect": "overridden", "label": "from settings",
-         "when": {"connected": ["settings"], "values": {"slg": ["from settings"]}}},
+        {"inputs": ["cfg", "steps", "sampler_name", "scheduler", "denoise"], "by": "axes", "effect": "overridden",
+         "label": "swept in axes", "when": {"named_in": "axes"}},
         {"inputs": ["positive"], "by": "prompts", "effect": "ignored", "label": "prompts are used",
          "when": {"nonempty": ["prompts"]}},
         {"inputs": ["clip"], "by": "prompts", "effect": "ignored", "label": "no prompts to encode",

@@ -62,14 +62,14 @@ class Noise(NamedTuple):
 # reproduced without the pack): the whole list. Keep it short; every entry applies only on the
 # versions it was seen on (found by running the browser tier on the pinned 1.32.9 and newest 1.58.1).
 OFFLINE_NOISE: list[Noise] = [
-    Noise("fresh-user-folder-404", ("1.32.9", "1.58.1"),
+    Noise("fresh-user-folder-404", ("1.32.9", "1.49.6", "1.58.1"),
           "a new user's folder has no workflows/ or subgraphs/ folder, user.css or comfy.templates.json yet: the "
           "frontend asks for each at start-up and logs the host's 404; with 1.32.9 the browser's own favicon.ico "
           "request too (that frontend ships none). The pack's own routes are not in the pattern",
           re.compile(r"^console error: Failed to load resource: the server responded with a status of 404 \(Not Found\) "
                      r"\(http://127\.0\.0\.1:\d+/(favicon\.ico|user\.css|api/userdata/(user\.css|comfy\.templates\.json)|"
                      r"api/userdata\?dir=(workflows|subgraphs(%2F)?)&[^ ]*):0\)$")),
-    Noise("offline-release-notes", ("1.32.9", "1.58.1"),
+    Noise("offline-release-notes", ("1.32.9", "1.49.6", "1.58.1"),
           "the frontend asks api.comfy.org for ComfyUI's release notes at start-up; the test machine has no DNS",
           re.compile(r"^console error: Failed to load resource: net::ERR_NAME_NOT_RESOLVED \(https://api\.comfy\.org/releases\?")),
     Noise("offline-node-registry", ("1.32.9",),
@@ -85,7 +85,13 @@ OFFLINE_NOISE: list[Noise] = [
           re.compile(r"^console error: TypeError: Cannot read properties of undefined \(reading 'id'\)\s+"
                      r"at onChange \(http://127\.0\.0\.1:\d+/assets/index-[\w-]+\.js:\d+:\d+\)\s+"
                      r"at Proxy\.set \(.*?at load \(http://127\.0\.0\.1:\d+/assets/GraphView-", re.S)),
-    Noise("offline-model-url-check", ("1.32.9", "1.58.1"),
+    Noise("frontend-1.49.6-root-graph-at-start-up", ("1.49.6",),
+          "not offline noise but the frontend's own start-up: 1.49.6's ComfyApp.rootGraph getter logs this when its "
+          "start-up reads the graph before creating it. Seen with every file of the pack's js/ removed (so no pack "
+          "extension reads it), on the 0.33.0 host that pins 1.49.6; 1.32.9 and 1.58.1 do not log it",
+          re.compile(r"^console error: ComfyApp graph accessed before initialization "
+                     r"\(http://127\.0\.0\.1:\d+/assets/settingStore-[\w-]+\.js:\d+\)$")),
+    Noise("offline-model-url-check", ("1.32.9", "1.49.6", "1.58.1"),
           "on loading a workflow the frontend checks the download URL of each model it lists (its missing-models "
           "dialog; the z_image_turbo one is in the frontend's own default graph); offline they do not resolve, "
           "and 1.32.9 also logs its own 'Error fetching file size' for each",

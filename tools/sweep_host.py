@@ -53,3 +53,20 @@ def link_clip_l(work: Path, name: str = "sweep_clip_l.safetensors") -> str:
     if not dest.exists():
         dest.symlink_to(sd35_fixtures.clip_l_file())
     return name
+
+
+def checkpoint_run(models_dir: Path, n: int, run: str = "bench-run") -> list[str]:
+    """A run of ``n`` checkpoints under ``models_dir/diffusion_models/<run>/``, each a separate copy of
+    the tiny SD3.5-Medium-shaped model (so every one is loaded from its own file); their names."""
+    import shutil
+
+    from tools import tiny_models
+
+    src = tiny_models.build_all() / "diffusion_models" / "tiny-sd35m.safetensors"
+    folder = models_dir / "diffusion_models" / run
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n):
+        shutil.copyfile(src, folder / f"checkpoint-{100 * (i + 1)}.safetensors")
+        names.append(f"{run}/checkpoint-{100 * (i + 1)}.safetensors")
+    return names

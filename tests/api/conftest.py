@@ -74,8 +74,9 @@ def sweep_clip_rule(user_models):
             lines = node["inputs"]["prompts"].splitlines()
             keep = [ln for i, ln in enumerate(lines) if i and lines[i - 1].startswith("#") and not ln.startswith("#")]
             node["inputs"].update(prompts="\n".join(keep), seed_count=1)
-            if node["inputs"].get("slg", "off") != "off":  # the tiny model has joint blocks 0-3
-                node["inputs"].update(slg="custom", slg_layers="1, 2", slg_start=0.0, slg_end=1.0)
+            if node["inputs"].get("slg", "off") != "off":  # the tiny model has joint blocks 0-3 and 4 steps
+                axes = node["inputs"].get("axes", "")
+                node["inputs"].update(slg="off", axes=f"{axes}; slg_layers=1 2; slg_start=0; slg_end=1".lstrip("; "))
 
     return rule
 

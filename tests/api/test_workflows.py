@@ -26,6 +26,10 @@ def test_every_api_workflow_has_a_ui_twin_note_and_thumbnail():
         thumb = WF / f"{name}.jpg"
         assert thumb.exists(), f"{name}: no thumbnail"
         assert Image.open(thumb).size[0] >= 400
+        ui = json.loads((WF / f"{name}.json").read_text())
+        shown = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] in ("MarkdownNote", "Note")]
+        assert shown == [(WF / "notes" / f"{name}.md").read_text()], \
+            f"{name}: the note in the UI file is not notes/{name}.md (python -m tools.make_workflows)"
     assert {p.stem for p in UI} == {p.stem for p in API}
 
 

@@ -5,20 +5,11 @@ from __future__ import annotations
 
 import json
 
+from browser.ui_ready import drop_workflow
+
 from tools.comfy_server import REPO
 
 UI = sorted((REPO / "workflows").glob("*.json"))
-
-DROP_JS = """
-async ([text, name]) => {
-  const canvas = document.querySelector('#graph-canvas');
-  const dt = new DataTransfer();
-  dt.items.add(new File([text], name, {type: 'application/json'}));
-  for (const type of ['dragenter', 'dragover', 'drop']) {
-    canvas.dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true}));
-  }
-}
-"""
 
 # The frontend's "Fit view" command (the '.' key), then what litegraph decides from the zoom: its
 # threshold is min_font_size_for_lod / (NODE_TEXT_SIZE * sqrt(dpr)), 8 / 14 = 0.571 by default on
@@ -42,7 +33,7 @@ def test_every_template_fits_the_editor_above_the_low_quality_zoom(page):
     for ui_path in UI:
         text = ui_path.read_text()
         page.evaluate("() => window.app.graph.clear()")  # so the count below is this template's, not the last one's
-        page.evaluate(DROP_JS, [text, ui_path.name])
+        drop_workflow(page, text, ui_path.name)
         page.wait_for_function("(n) => window.app.graph._nodes.length === n", arg=len(json.loads(text)["nodes"]),
                                timeout=20_000)
         fit = page.evaluate(FIT_JS)

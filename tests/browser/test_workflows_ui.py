@@ -4,23 +4,13 @@ is queued successfully (model names pointed at the tiny models first, as a user 
 import json
 
 import pytest
+from browser.ui_ready import drop_workflow
 
 from tools.comfy_server import REPO
 from tools.tiny_remap import TINY_MODEL, TINY_VAE, family_of
 from tools.workflow_format import ui_to_api
 
 UI = sorted((REPO / "workflows").glob("*.json"))
-
-DROP_JS = """
-async ([text, name]) => {
-  const canvas = document.querySelector('#graph-canvas');
-  const dt = new DataTransfer();
-  dt.items.add(new File([text], name, {type: 'application/json'}));
-  for (const type of ['dragenter', 'dragover', 'drop']) {
-    canvas.dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true}));
-  }
-}
-"""
 
 # Point model widgets at the tiny models, the way a user picks their own files in the combos.
 RETARGET_JS = """
@@ -57,7 +47,7 @@ def placeholder_files(user_models):
 def test_dropped_workflow_loads_and_queues(page, server, ui_path, placeholder_files):
     text = ui_path.read_text()
     wf = json.loads(text)
-    page.evaluate(DROP_JS, [text, ui_path.name])
+    drop_workflow(page, text, ui_path.name)
     expected = len(wf["nodes"])
     page.wait_for_function("(n) => window.app.graph._nodes.length === n", arg=expected, timeout=20_000)
     assert not page.locator("text=/missing node/i").count(), "the missing-nodes dialog appeared"
@@ -83,7 +73,7 @@ def test_a_missing_model_tells_the_user_every_folder_searched(page, server, user
     run fails and the dialog the user reads names checkpoints *and* diffusion_models, with paths."""
     path = REPO / "workflows" / "sd35_large.json"
     text = path.read_text()
-    page.evaluate(DROP_JS, [text, path.name])
+    drop_workflow(page, text, path.name)
     page.wait_for_function("(n) => window.app.graph._nodes.length === n", arg=len(json.loads(text)["nodes"]), timeout=20_000)
     page.watch.expect(r"^error (dialog|toast): .*sd3\.5_large\.safetensors is not in")  # provoked: the run must fail
     page.evaluate("() => window.app.queuePrompt(0)")

@@ -98,3 +98,20 @@ def widget_point(page, node_js: str, widget: str, timeout: float = 30.0) -> tupl
             last = None
         time.sleep(0.1)
     raise TimeoutError(f"widget {widget!r} could not be clicked within {timeout:.0f}s: {where}")
+
+
+# A workflow file dropped onto the canvas, as a user drags one in from their file manager.
+_DROP_JS = """
+async ([text, name]) => {
+  const canvas = document.querySelector('#graph-canvas');
+  const dt = new DataTransfer();
+  dt.items.add(new File([text], name, {type: 'application/json'}));
+  for (const type of ['dragenter', 'dragover', 'drop']) {
+    canvas.dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true}));
+  }
+}
+"""
+
+
+def drop_workflow(page, text: str, name: str) -> None:
+    page.evaluate(_DROP_JS, [text, name])

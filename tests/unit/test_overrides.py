@@ -36,23 +36,5 @@ def test_ignored_inputs_give_notes_and_axes_override_only_the_named_widgets():
     assert O.axis_names("cfg=3,4\n# steps=2\nbad; denoise = 0.5") == ["cfg", "denoise"]
 
 
-def test_the_sweeps_slg_fields_follow_its_slg_choice_and_its_axes():
-    fields = {"slg_layers": "7, 8, 9", "slg_scale": 2.5, "slg_start": 0.01, "slg_end": 0.2, "slg_gating": "steps"}
-
-    def slg_rules(values, connected=()):
-        return [(r["by"], t) for r, t in O.active("SD35WB_CheckpointSweep", {**fields, "prompts": "x", **values},
-                                                   {"model", *connected}) if r["by"] in ("axes", "slg", "settings")]
-
-    assert slg_rules({"slg": "off", "axes": "slg_scale=0,2.5"}) == [("axes", ["slg_scale"])], \
-        "with slg off the fields feed the axes"
-    assert slg_rules({"slg": "ComfyUI core defaults"}) == [("slg", [*O.SWEEP_SLG_AXES, "slg_gating"])]
-    assert slg_rules({"slg": "from settings"}) == []
-    assert slg_rules({"slg": "from settings"}, {"settings"}) == [("settings", [*O.SWEEP_SLG_AXES, "slg_gating"])]
-    used = {"slg_layers": "7, 8, 9", "slg_scale": 3.0, "slg_start": 0.01, "slg_end": 0.15, "slg_gating": "sigma"}
-    (line,) = O.report_lines("SD35WB_CheckpointSweep", {**fields, "slg": "ComfyUI core defaults", "prompts": "x"},
-                             used, set())
-    assert "slg_scale=2.5, slg_end=0.2, slg_gating='steps' on the node did not run: slg wins (from preset)" in line
-
-
 def test_payload_is_the_table():
     assert O.payload() == {"version": O.VERSION, "nodes": O.OVERRIDES}
