@@ -170,7 +170,7 @@ def test_simpletuner_medium_folder_through_the_loader(host, real):
     """The SimpleTuner ``transformer/`` folder of the Medium through the pack's loader, variant auto."""
     name = "sd3.5_medium/transformer/diffusion_pytorch_model.safetensors"
     with PeakRSS() as mem:
-        model, _clip, _vae, settings = call(
+        model, _clip, _vae, settings, *_ = call(
             host.nodes, "SD35WB_SD35Loader", model_name=name, variant="auto", clip_l="none", clip_g="none",
             t5xxl="none", t5_dtype="default", vae="taesd3", shift=3.0, fetch_missing=False)
     try:
