@@ -77,9 +77,10 @@ def main() -> int:
     import ray.cluster_utils
     import simpletuner_helpers as sth
 
-    from tools import tiny_models
+    from tools import host, tiny_models
     from tools.sweep_host import checkpoint_run
 
+    host.bootstrap()  # a cold model cache builds the tiny models with ComfyUI's classes, in this process
     root = tiny_models.build_all()
     with tempfile.TemporaryDirectory(prefix="sd35wb-sweep-ray-") as tmp:
         tmp = Path(tmp)

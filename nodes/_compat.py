@@ -260,3 +260,81 @@ def meta_diffusion_model(tensors: dict):
         if config is None:
             return None
         return config.get_model(sd, "", device="meta")
+
+
+def _plain_lora_part(entry, weight):
+    """A ``lora_branch.Part`` for one entry of a ModelPatcher's patch list when it is a plain LoRA the
+    host would merge as ``W[offset] += strength * alpha / rank * up @ down`` (comfy/lora.py,
+    weight_adapter/lora.py); None for anything else (LoCon mid, DoRA, reshape, a function, another
+    adapter, a slice not on the output rows), which stays a merged patch."""
+    import comfy.weight_adapter
+
+    from ..sd35wb.lora_branch import Part
+
+    if len(entry) != 5:
+        return None
+    strength, v, strength_model, offset, function = entry
+    if not isinstance(v, comfy.weight_adapter.LoRAAdapter) or strength_model != 1.0 or function is not None:
+        return None
+    w = v.weights
+    if len(w) != 6 or any(x is not None for x in w[3:]):
+        return None
+    up, down, alpha = w[0], w[1], w[2]
+    if up.dim() != 2 or down.dim() != 2 or up.shape[1] != down.shape[0] or down.shape[1] != weight.shape[1]:
+        return None
+    start, size = 0, None
+    if offset is not None:
+        if offset[0] != 0:
+            return None
+        start, size = int(offset[1]), int(offset[2])
+    if up.shape[0] != (weight.shape[0] if size is None else size):
+        return None
+    scale = float(strength) * ((float(alpha) / down.shape[0]) if alpha is not None else 1.0)
+    return Part(down=down, up=up, scale=scale, start=start, size=size)
+
+
+def unmerge_lora(base, patched) -> tuple[int, int]:
+    """Move the LoRA patches ``patched`` (``comfy.sd.load_lora_for_models(base, …)``) added to Linear
+    weights out of the host's merge and into forward branches (``sd35wb/lora_branch.py``), set as
+    object patches (``<module>.forward``) on the clone: the host applies and restores them when it
+    loads the clone, as it does any object patch, and the base's weights are never rewritten.
+
+    Only what this LoRA added moves: patches ``base`` already carried (a style LoRA merged upstream)
+    stay merged, and an object patch another pack set on the same forward is chained, not replaced.
+    When no weight patch is left beyond the base's, the clone keeps the base's patch id, so loading it
+    does not re-patch the weights either. Returns (layers branched, layers left merged)."""
+    import types
+
+    import comfy.utils
+    import torch
+
+    from ..sd35wb.lora_branch import Branch
+
+    branched = merged = 0
+    for key in list(patched.patches):
+        own = base.patches.get(key, [])
+        added = patched.patches[key][len(own):]
+        if not added or patched.patches[key][:len(own)] != own:
+            continue
+        if not key.endswith(".weight"):
+            merged += 1
+            continue
+        module = comfy.utils.get_attr(patched.model, key[: -len(".weight")])
+        weight = getattr(module, "weight", None)
+        parts = [_plain_lora_part(e, weight) for e in added] if isinstance(module, torch.nn.Linear) else [None]
+        if weight is None or weight.dim() != 2 or any(p is None for p in parts):
+            merged += 1
+            continue
+        name = key[: -len(".weight")] + ".forward"
+        prev = patched.object_patches.get(name) or module.__dict__.get("forward")
+        if prev is None:
+            prev = types.MethodType(type(module).forward, module)
+        patched.add_object_patch(name, Branch(prev, parts))
+        if own:
+            patched.patches[key] = list(own)
+        else:
+            del patched.patches[key]
+        branched += 1
+    if patched.patches.keys() == base.patches.keys() and all(patched.patches[k] == base.patches[k] for k in base.patches):
+        patched.patches_uuid = base.patches_uuid
+    return branched, merged

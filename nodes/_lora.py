@@ -1,7 +1,8 @@
 """The pack's one LoRA loader: read a file, check which of its modules land on the model, patch.
 
-Patching is the host's own (``comfy.sd.load_lora_for_models``, what core LoraLoader /
-LoraLoaderModelOnly do: patches on a clone, no weight copies). On top: keys the host's
+Loading and key mapping are the host's own (``comfy.sd.load_lora_for_models``, what core LoraLoader /
+LoraLoaderModelOnly do: patches on a clone, no weight copies); a sweep then keeps plain LoRAs
+unmerged (``apply_unmerged``), so a switch rewrites no weights. On top: keys the host's
 key map misses are re-keyed (``sd35wb.lora.comfy_key_renames``), and a LoRA that matches
 nothing, or only part, of the model is an error naming the file (``LoraMismatch``) instead of
 an unchanged image and a "lora key not loaded" log line. Matching logic lives in
@@ -86,6 +87,18 @@ def apply(model, clip, lora_sd: dict, strength_model: float, strength_clip: floa
     new_model, new_clip = comfy.sd.load_lora_for_models(model, use_clip, lora_sd, strength_model,
                                                         strength_clip if use_clip is not None else 0.0)
     return new_model, (new_clip if use_clip is not None else clip)
+
+
+def apply_unmerged(model, lora_sd: dict, strength: float, name: str, checked: bool = False):
+    """``apply`` to the diffusion model only, with the LoRA kept out of the weights: (model, layers
+    as side branches, layers the host merges). The host's own loader still reads the file and maps
+    its keys; only the plain-LoRA patches it produced become forward branches (``C.unmerge_lora``), so
+    switching LoRAs on one resident base rewrites no weights. Strength 0 returns ``model``."""
+    m, _ = apply(model, None, lora_sd, strength, 0.0, name, checked=checked)
+    if m is model:
+        return m, 0, 0
+    branched, merged = C.unmerge_lora(model, m)
+    return m, branched, merged
 
 
 def check_file(lora_path: str, model_path: str) -> LoraMatch:

@@ -312,7 +312,7 @@ class CheckpointSweep(io.ComfyNode):
         pbar = comfy.utils.ProgressBar(max(1, total))
         done_steps = 0
         samples: dict[sweep.Cell, torch.Tensor] = {}
-        stats = {"rendered": 0, "reused": 0, "patches": 0, "loads": 0}
+        stats = {"rendered": 0, "reused": 0, "patches": 0, "loads": 0, "branched": 0, "merged": 0}
         for name in names:
             if name in skipped:
                 continue
@@ -349,8 +349,10 @@ class CheckpointSweep(io.ComfyNode):
             try:
                 for strength in dict.fromkeys(c.strength for c in fresh):
                     if lora:
-                        m, _ = _lora.apply(model, None, lora_sd, strength, 0.0, name, checked=True)
+                        m, branched, merged = _lora.apply_unmerged(model, lora_sd, strength, name, checked=True)
                         stats["patches"] += m is not model
+                        stats["branched"] = max(stats["branched"], branched)
+                        stats["merged"] = max(stats["merged"], merged)
                     else:
                         m = loaded
                     x = comfy.sample.fix_empty_latent_channels(m, lat)
@@ -418,6 +420,10 @@ class CheckpointSweep(io.ComfyNode):
         if lora:
             lines.append(f"base model: the connected 'model', loaded once; {stats['patches']} LoRA patch(es) applied "
                          f"on copies (strength 0 = the base itself)")
+            if stats["branched"] or stats["merged"]:
+                lines.append(f"LoRA layers: {stats['branched']} unmerged (a rank-r side branch each: the base weights are "
+                             f"never rewritten, so a switch costs no re-patch), {stats['merged']} merged by ComfyUI "
+                             f"(LoCon, DoRA, bias and other non-plain patches)")
         else:
             lines.append(f"checkpoint loads this run: {stats['loads']} (one at a time, each unloaded after its images)")
         sw = {a.name for a in swept}

@@ -234,3 +234,82 @@ def test_text_encoder_modules_apply_with_a_clip_and_are_counted_without(host, lo
     ours, core, base = enc(c), enc(core_c), enc(clip_l)
     assert torch.equal(ours, core) and not torch.equal(ours, base)
     assert lora_mod.apply(sd3, clip_l, sd, 0.0, 0.0, "x") == (sd3, clip_l)
+
+
+def _weights(model) -> dict:
+    return {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", ["sd3-peft", "sd3-simpletuner-comfyui"])
+def test_unmerged_lora_equals_diffusers_and_core_and_rewrites_no_weight(host, lora_mod, fixtures, sd3, reference, name):
+    """The sweep's way: the host loads and maps the LoRA, then every plain-LoRA layer (SD3's fused qkv
+    slices included) becomes a forward branch; nothing is merged, the base weights never change."""
+    import comfy.lora
+
+    sd = lora_mod.load(str(fixtures[name]))
+    merged_ref, _ = lora_mod.apply(sd3, None, sd, 0.7, 0.0, name)
+    comfy_forward(sd3)  # the base loaded: an earlier clone's merged weights restored
+    before = _weights(sd3)
+    calls = []
+    real = comfy.lora.calculate_weight
+    comfy.lora.calculate_weight = lambda *a, **k: calls.append(a[2]) or real(*a, **k)
+    try:
+        m, branched, merged = lora_mod.apply_unmerged(sd3, sd, 0.7, name)
+        out = comfy_forward(m)
+        during = _weights(m)
+    finally:
+        comfy.lora.calculate_weight = real
+    assert (branched, merged) == (len(merged_ref.patches), 0), "every patched weight is a branch"
+    assert calls == [] and m.patches == {} and m.patches_uuid == sd3.patches_uuid, "no weight is merged"
+    parts = sum(len(p.parts) for p in m.object_patches.values() if type(p).__name__ == "Branch")
+    assert parts == 47, "one part per LoRA module: q, k and v land on slices of the fused qkv"
+    assert rel(out, reference[0.7]) < 1e-4, "equal to diffusers + PEFT, the library that trained it"
+    assert rel(out, comfy_forward(merged_ref)) < 1e-5, "equal to the host's merged patch"
+    assert all(torch.equal(v, before[k]) for k, v in during.items()), "sampling with it, the weights are the base's"
+    assert rel(comfy_forward(sd3), reference["base"]) < 1e-4, "the base, loaded again, has no branch left"
+    assert lora_mod.apply_unmerged(sd3, sd, 0.0, name) == (sd3, 0, 0)
+
+
+def test_unmerged_lora_keeps_what_the_base_carried_and_chains_another_packs_forward(host, lora_mod, fixtures, sd3):
+    """A style LoRA merged upstream (core LoraLoaderModelOnly) stays merged; a forward another pack
+    patched on the same layer still runs, under the branch."""
+    (styled,) = call(host.nodes, "LoraLoaderModelOnly", model=sd3, lora_name="sd3-peft.safetensors", strength_model=0.5)
+    key = "diffusion_model.joint_blocks.0.x_block.attn.qkv.forward"
+    layer = styled.get_model_object(key[: -len(".forward")])
+    seen = []
+
+    def other_pack(x, *a, **k):
+        seen.append(x.shape)
+        return type(layer).forward(layer, x, *a, **k)
+
+    styled.add_object_patch(key, other_pack)
+    sd = lora_mod.load(str(fixtures["sd3-simpletuner-comfyui"]))
+    m, branched, merged = lora_mod.apply_unmerged(styled, sd, 0.7, "sd3-simpletuner-comfyui")
+    assert m.patches == styled.patches and m.patches_uuid == styled.patches_uuid and branched > 0 and merged == 0
+    assert m.object_patches[key].forward is other_pack
+    (ref,) = call(host.nodes, "LoraLoaderModelOnly", model=styled, lora_name="sd3-simpletuner-comfyui.safetensors",
+                  strength_model=0.7)
+    out = comfy_forward(m)
+    assert seen, "the other pack's forward ran"
+    assert rel(out, comfy_forward(ref)) < 1e-5
+
+
+def test_unmerged_sdxl_lora_on_the_vega(host, lora_mod, fixtures):
+    vega = call(host.nodes, "UNETLoader", unet_name="tiny-vega.safetensors", weight_dtype="default")[0]
+    sd = lora_mod.load(str(fixtures["sdxl-peft"]))
+    m, branched, merged = lora_mod.apply_unmerged(vega, sd, 1.0, "sdxl-peft")
+    ref, _ = lora_mod.apply(vega, None, sd, 1.0, 0.0, "sdxl-peft")
+    assert branched + merged == len(ref.patches) == 170 and merged == 0
+    import comfy.model_management
+
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    ctx = torch.randn(1, 8, 2048, generator=torch.Generator().manual_seed(2))
+    y = torch.randn(1, 2816, generator=torch.Generator().manual_seed(3))
+
+    def fwd(p):
+        comfy.model_management.load_models_gpu([p], force_full_load=True)
+        with torch.no_grad():
+            return p.model.diffusion_model(x, torch.tensor([400.0]), context=ctx, y=y).float()
+
+    base, out, core = fwd(vega), fwd(m), fwd(ref)
+    assert rel(out, base) > 1e-3 and rel(out, core) < 1e-5

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 
+import comfy.lora
 import comfy.sd
 import pytest
 import torch
@@ -57,10 +58,15 @@ def test_lora_sweep_equals_core_lora_loader_and_ksampler_with_the_base_loaded_on
     loads = []
     real = comfy.sd.load_diffusion_model
     monkeypatch.setattr(comfy.sd, "load_diffusion_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    merges = []
+    real_merge = comfy.lora.calculate_weight
+    monkeypatch.setattr(comfy.lora, "calculate_weight", lambda *a, **k: merges.append(a[2]) or real_merge(*a, **k))
     inp = _inputs(host, model=base, models="\n".join(names), strengths="0, 0.7", axes="cfg=2, 4")
     images, pages, labels, report = call(host.nodes, "SD35WB_CheckpointSweep", **inp)
     monkeypatch.undo()
     assert loads == [], "a LoRA sweep never loads a model: the base is the connected one"
+    assert merges == [], "no weight is rewritten: the LoRAs run as side branches"
+    assert "LoRA layers: 27 unmerged (a rank-r side branch each" in report and ", 0 merged by ComfyUI" in report, report
     assert images.shape == (2 * 2 * 2, PX, PX, 3)  # LoRA x strength x cfg
     assert labels.splitlines() == ["sd3-peft @ 0", "sd3-peft @ 0.7", "sd3-simpletuner-comfyui @ 0",
                                    "sd3-simpletuner-comfyui @ 0.7"]
