@@ -16,19 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.append(str(REPO))
 
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+from tools import bench_child  # noqa: E402
 
 
 def child(which: str) -> dict:
@@ -48,9 +44,7 @@ def child(which: str) -> dict:
         for p in paths:
             folder_paths.add_model_folder_path(folder, str(p))
     loader = host.load_pack("nodes.sd35_loader").SD35Loader
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    rss0 = _status_kib("VmRSS")
+    rss0 = bench_child.reset_peak()
     t0 = time.perf_counter()
     if which == "ours":
         model = loader.execute(model_name=real_models.MEDIUM_FILE, variant="auto", clip_l="none", clip_g="none",
@@ -60,7 +54,7 @@ def child(which: str) -> dict:
     seconds = time.perf_counter() - t0
     dm = model.model.diffusion_model
     assert len(dm.joint_blocks) == 24 and dm.hidden_size == 1536
-    return {"seconds": seconds, "growth_gib": (_status_kib("VmHWM") - rss0) / 2**20,
+    return {"seconds": seconds, "growth_gib": (bench_child.status_kib("VmHWM") - rss0) / 2**20,
             "dtype": str(model.model.get_dtype())}
 
 
@@ -93,12 +87,7 @@ def main() -> int:
     res: dict[str, list[dict]] = {"ours": [], "core": []}
     for r in range(args.rounds):
         for which in (("ours", "core") if r % 2 == 0 else ("core", "ours")):
-            p = subprocess.run([sys.executable, __file__, "--child", which], capture_output=True, text=True,
-                               env={**os.environ, "PYTHONPATH": str(REPO)})
-            if p.returncode:
-                print(p.stdout[-2000:], p.stderr[-4000:], file=sys.stderr)
-                return 2
-            out = json.loads(p.stdout.strip().splitlines()[-1])
+            out = bench_child.run(__file__, [which])
             res[which].append(out)
             print(f"round {r + 1}: {which:4} {out['seconds']:.2f} s, peak RSS +{out['growth_gib']:.2f} GiB "
                   f"(weights {out['dtype']})", flush=True)

@@ -30,20 +30,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.append(str(REPO))
+
+from tools import bench_child  # noqa: E402
+
 RANK = 16
 TARGETS = {"switch": 0.3, "memory": 1.1, "wall": 1.05}
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def _write_loras(folder: Path, n: int, blocks: int, seed0: int = 0) -> list[str]:
@@ -162,12 +160,10 @@ def child_memory(work: Path, n_lora: int, n_strength: int, blocks: int) -> dict:
     size_mib = sum(t.numel() * t.element_size() for t in base.model.state_dict().values()) / 2**20
     inp = _inputs(nodes, 32, steps=1, cfg=4.0)
     strengths = ", ".join(f"{(k + 1) / n_strength:g}" for k in range(n_strength))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # the sweep's own peak: setup (host, base, LoRA files) is not it
-    rss0 = _status_kib("VmRSS")
+    rss0 = bench_child.reset_peak()  # the sweep's own peak: setup (host, base, LoRA files) is not it
     wall, res = _sweep(sweep_node, inp, models="\n".join(loras), model=base, strengths=strengths)
     return {"loras": n_lora, "strengths": n_strength, "images": int(res.result[0].shape[0]), "wall": wall["wall"],
-            "peak_mib": _status_kib("VmHWM") / 1024, "before_mib": rss0 / 1024, "model_mib": size_mib}
+            "peak_mib": bench_child.status_kib("VmHWM") / 1024, "before_mib": rss0 / 1024, "model_mib": size_mib}
 
 
 def child_wall(work: Path, n_lora: int, blocks: int, px: int, steps: int, n_seeds: int) -> dict:
@@ -188,13 +184,8 @@ def child_wall(work: Path, n_lora: int, blocks: int, px: int, steps: int, n_seed
             "seeds": n_seeds}
 
 
-def _child(args: list[str]) -> dict:
-    p = subprocess.run([sys.executable, __file__, "--child", json.dumps(args)], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
-    if p.returncode:
-        sys.stderr.write(p.stdout[-2000:] + p.stderr[-6000:])
-        raise SystemExit(2)
-    return json.loads(p.stdout.strip().splitlines()[-1])
+def _child(args: list) -> dict:
+    return bench_child.run(__file__, [json.dumps(args)])
 
 
 def _spread(xs) -> str:

@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.append(str(REPO))
+
+from tools import bench_child  # noqa: E402
+
 TARGET = 0.02  # growth per extra checkpoint / one model's loaded size
 PROMPTS = ["a red fox sitting in fresh snow at dawn", "a portrait of a fox in a knitted scarf",
            "a fox running through a summer meadow", "a city street at night in the rain"]
@@ -53,16 +55,14 @@ def child(n_ckpt: int, n_prompts: int, work: Path) -> dict:
     (vae,) = nodes.VAELoader().load_vae("taesd3")
     (neg,) = nodes.CLIPTextEncode().encode(clip, "blurry")
     # The sweep's own peak: reset the kernel's high-water mark (VmHWM) now, so setup (the CLIP load) is not it.
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    rss0 = _status_kib("VmRSS")
+    rss0 = bench_child.reset_peak()
     t0 = time.time()
     with torch.inference_mode():
         out = sweep_node.execute(models="\n".join(names), negative=neg, latent_image=latent, vae=vae,
                                  prompts="\n".join(PROMPTS[:n_prompts]), clip=clip, seed=1, seed_count=1, steps=1,
                                  cfg=4.0, sampler_name="euler", scheduler="simple")
     images = out.result[0]
-    hwm = _status_kib("VmHWM")
+    hwm = bench_child.status_kib("VmHWM")
     del out
     import gc
 
@@ -83,11 +83,6 @@ def child(n_ckpt: int, n_prompts: int, work: Path) -> dict:
             "checkpoints": n_ckpt, "prompts": n_prompts, "images": int(images.shape[0]),
             "peak_rss_mib": hwm / 1024, "rss_before_sweep_mib": rss0 / 1024,
             "sweep_s": time.time() - t0, "process_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def prepare(work: Path, n_ckpt: int) -> None:
@@ -130,12 +125,7 @@ def main() -> int:
             for size in ((small, big) if r % 2 == 0 else (big, small)):
                 work = Path(tmp) / f"{size[0]}x{size[1]}-{r}"
                 prepare(work, size[0])
-                p = subprocess.run([sys.executable, __file__, "--child", str(size[0]), str(size[1]), str(work)],
-                                   capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-                if p.returncode:
-                    print(p.stdout[-2000:], p.stderr[-4000:], file=sys.stderr)
-                    return 2
-                res = json.loads(p.stdout.strip().splitlines()[-1])
+                res = bench_child.run(__file__, [str(size[0]), str(size[1]), str(work)])
                 runs[size].append(res)
                 print(f"round {r + 1}: {size[0]:>3} checkpoints x {size[1]} prompts = {res['images']:>3} images: "
                       f"growth {res['peak_rss_mib'] - res['rss_before_sweep_mib']:.1f} MiB (peak RSS "

@@ -5,15 +5,18 @@ One run, the same two real ComfyUI servers on 127.0.0.1 (CPU, the tiny SD3.5-Med
 to N checkpoint files, test conditioning, taesd3, 64 px) and a local Ray cluster
 (``ray.cluster_utils.Cluster``: a head and two worker nodes, each with one ``comfy`` resource, so two
 actors and a spare node). Each round runs the same plan (N checkpoints x 1 prompt x S seeds, fresh
-seeds every time so no server answers from its cache) locally and through Ray, in alternating order.
-Ray's extra time per image is the difference of the two paths' wall time per image in the same round.
-Target: <= 50 ms, or <= 5 % of the per-image time, whichever is larger.
+seeds every time so no server answers from its cache) locally and through Ray, in alternating order,
+at two sizes: S seeds and ``--big-seeds`` (3 S). A sweep's wall time is a fixed part (the dispatch's
+start and stop, the last image's tail) plus a part per image; the slope between the two sizes is the
+time per image, free of the fixed part. Ray's extra time per image is the Ray path's slope minus the
+local path's in the same round. Target: <= 50 ms, or <= 5 % of the per-image time, whichever is
+larger. The fixed part's difference is printed as Ray's extra time per sweep.
 
 The removal rounds start a Ray sweep, remove the worker node of one actor once two images are done,
 and time until that actor, restarted by Ray on another node, has its first image there stored (Ray's
 detection of the lost node, the restart, and one image render).
 
-Run: $COMFYUI_PYTHON bench/sweep_ray.py [--rounds 3] [--removals 2] [--checkpoints 4] [--seeds 4]
+Run: $COMFYUI_PYTHON bench/sweep_ray.py [--rounds 5] [--removals 2] [--checkpoints 3] [--seeds 4] [--big-seeds 12]
 (the test tools' Ray on PYTHONPATH, e.g. PYTHONPATH=$SD35WB_TOOLS)
 """
 
@@ -68,11 +71,15 @@ def spread(xs: list[float], unit: str, scale: float = 1.0) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--removals", type=int, default=2)
-    ap.add_argument("--checkpoints", type=int, default=4)
+    ap.add_argument("--checkpoints", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--big-seeds", type=int, default=0, help="the larger sweep's seeds (default 3 x --seeds)")
     args = ap.parse_args()
+    args.big_seeds = args.big_seeds or 3 * args.seeds
+    if args.big_seeds <= args.seeds:
+        raise SystemExit("--big-seeds must be larger than --seeds")
     import ray
     import ray.cluster_utils
     import simpletuner_helpers as sth
@@ -104,8 +111,9 @@ def main() -> int:
             n_images = args.checkpoints * args.seeds
             serial = iter(range(1, 10**6))
 
-            def one(path: str, log=None) -> tuple[float, sweep.SweepResult, TimedLog]:
-                seeds = [10_000 * next(serial) + s for s in range(args.seeds)]
+            def one(path: str, log=None, n_seeds: int = args.seeds) -> tuple[float, sweep.SweepResult, TimedLog]:
+                n_images = args.checkpoints * n_seeds
+                seeds = [10_000 * next(serial) + s for s in range(n_seeds)]
                 out = tmp / f"out-{len(list(tmp.glob('out-*')))}" / "grid.png"
                 log = log or TimedLog()
                 sw = sweep.Sweep(prompt, models, None, seeds, urls, out, log=log)
@@ -119,15 +127,23 @@ def main() -> int:
                 return wall, res, log
 
             one("local")  # warm: each server loads the CLIP and the VAE once, outside the timing
-            walls = {"local": [], "ray": []}
+            sizes = (args.seeds, args.big_seeds)
+            slope = {"local": [], "ray": []}  # seconds per image, from the two sizes of one round
+            fixed = {"local": [], "ray": []}  # seconds per sweep beyond its images
             for r in range(args.rounds):
                 order = ("local", "ray") if r % 2 == 0 else ("ray", "local")
                 for path in order:
-                    wall, _, _ = one(path)
-                    walls[path].append(wall / n_images)
-                    print(f"round {r + 1}: {path:5s} {n_images} images in {wall:.2f} s = {n_images / wall:.2f} images/s",
-                          flush=True)
-            extra = [ray_s - local_s for ray_s, local_s in zip(walls["ray"], walls["local"])]
+                    walls = {}
+                    for n_seeds in (sizes if r % 2 == 0 else sizes[::-1]):
+                        n = args.checkpoints * n_seeds
+                        walls[n], _, _ = one(path, n_seeds=n_seeds)
+                        print(f"round {r + 1}: {path:5s} {n:3d} images in {walls[n]:6.2f} s = {n / walls[n]:.2f} "
+                              "images/s", flush=True)
+                    (n0, w0), (n1, w1) = sorted(walls.items())
+                    slope[path].append((w1 - w0) / (n1 - n0))
+                    fixed[path].append(w0 - n0 * slope[path][-1])
+            extra = [ray_s - local_s for ray_s, local_s in zip(slope["ray"], slope["local"])]
+            extra_fixed = [ray_f - local_f for ray_f, local_f in zip(fixed["ray"], fixed["local"])]
 
             moved = []
             for k in range(args.removals):
@@ -165,17 +181,22 @@ def main() -> int:
                 ray.shutdown()  # this process is the driver: leave the cluster before it goes
                 cluster.shutdown()
 
-    local_s, ray_s = statistics.median(walls["local"]), statistics.median(walls["ray"])
+    local_s, ray_s = statistics.median(slope["local"]), statistics.median(slope["ray"])
     target_ms = max(50.0, 0.05 * local_s * 1000)
     print(json.dumps({"images_per_s_local": round(1 / local_s, 3), "images_per_s_ray": round(1 / ray_s, 3),
-                      "s_per_image_local": [round(x, 4) for x in walls["local"]],
-                      "s_per_image_ray": [round(x, 4) for x in walls["ray"]],
+                      "s_per_image_local": [round(x, 4) for x in slope["local"]],
+                      "s_per_image_ray": [round(x, 4) for x in slope["ray"]],
+                      "s_per_sweep_fixed_local": [round(x, 3) for x in fixed["local"]],
+                      "s_per_sweep_fixed_ray": [round(x, 3) for x in fixed["ray"]],
                       "ray_extra_ms_per_image": [round(x * 1000, 1) for x in extra],
                       "removal_to_first_image_elsewhere_s": [round(x, 2) for x in moved]}))
-    print(f"images/s, local two-server path: {1 / local_s:.2f}; through Ray: {1 / ray_s:.2f}; Ray / local: "
-          f"{local_s / ray_s:.2f} (medians of {args.rounds} rounds)")
+    print(f"per image (slope between {args.checkpoints * args.seeds} and {args.checkpoints * args.big_seeds} images): "
+          f"local two-server path {local_s * 1000:.0f} ms, {1 / local_s:.2f} images/s; through Ray {ray_s * 1000:.0f} ms, "
+          f"{1 / ray_s:.2f} images/s; Ray / local throughput {local_s / ray_s:.2f} (medians of {args.rounds} rounds)")
     print(f"Ray's extra time per image: {spread(extra, 'ms', 1000)}; target <= {target_ms:.0f} ms "
           f"(50 ms or 5 % of {local_s * 1000:.0f} ms): {'met' if statistics.median(extra) * 1000 <= target_ms else 'not met'}")
+    print(f"Ray's extra time per sweep (fixed part: dispatch start / stop, the last image's tail): "
+          f"{spread(extra_fixed, 's')}")
     if moved:
         print(f"node removal -> the lost actor's first image stored from another node: {spread(moved, 's')}")
     return 0

@@ -188,7 +188,8 @@ class CheckpointSweep(io.ComfyNode):
                                tooltip="A LoRA run: connect the base model here (e.g. UNETLoader with "
                                        "sd3.5_medium.safetensors) and list the run's LoRA files (models/loras, the "
                                        "linker's 'loras' output) in 'models'. The base is loaded once; each LoRA is "
-                                       "patched on a copy, as LoraLoaderModelOnly does. Not connected: 'models' are "
+                                       "loaded as LoraLoaderModelOnly does and kept unmerged (a side branch per "
+                                       "layer), so switching LoRAs rewrites no weights. Not connected: 'models' are "
                                        "full checkpoints."),
                 io.String.Input("strengths", default="1.0", optional=True,
                                 tooltip="LoRA sweeps only: the LoRA strengths to render, e.g. 0.6, 0.8, 1.0 (one grid "

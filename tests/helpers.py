@@ -67,3 +67,15 @@ def progress_events(on_event=None):
         comfy.utils.set_progress_bar_global_hook(saved)
         for k, v in throttle.items():
             setattr(comfy.utils, k, v)
+
+
+def sweep_node_inputs(host, px: int = 64, steps: int = 3, seed: int = 5, **kw) -> dict:
+    """The Checkpoint Sweep node's inputs on the tiny SD3 models (test conditioning, taesd3), ``kw`` on top."""
+    from testnodes import make_conditioning
+
+    (latent,) = call(host.nodes, "EmptySD3LatentImage", width=px, height=px, batch_size=1)
+    (vae,) = call(host.nodes, "VAELoader", vae_name="taesd3")
+    base = dict(negative=make_conditioning("sd3", 2, px, px), positive=make_conditioning("sd3", 3, px, px),
+                latent_image=latent, vae=vae, steps=steps, cfg=4.0, sampler_name="euler", scheduler="simple",
+                seed=seed, order="as listed")
+    return {**base, **kw}

@@ -183,3 +183,58 @@ def test_simpletuner_medium_folder_through_the_loader(host, real):
         free()
     print(f"\n[realsize] SimpleTuner transformer/ folder of the Medium: variant auto -> medium, load "
           f"{mem.seconds:.1f}s, peak +{mem.growth / 2**30:.2f} GiB")
+
+
+@pytest.fixture(scope="module")
+def large(host):
+    from tools import real_models
+
+    root = real_models.large()
+    host.folder_paths.add_model_folder_path("checkpoints", str(root / "checkpoints"))
+    host.folder_paths.add_model_folder_path("diffusion_models", str(root / "checkpoints"))
+    return root
+
+
+@pytest.mark.realsize_large
+def test_large_fp8_through_the_loader_matches_core_slg_step(host, large, conds):
+    """The 8B Large, written as fp8_e4m3fn, loaded with weight_dtype fp8_e4m3fn (the 8-16 GB GPU path):
+    the weights stay fp8 (about 8 GB; float32 would be 32 GB), variant auto says large, and one 64 px
+    step with SLG 7,8,9 equals core UNETLoader (fp8_e4m3fn) + ModelSamplingSD3 + SkipLayerGuidanceSD3."""
+    pos, neg = conds
+    slg = dict(scale=3.0, start=0.0, end=1.0)
+    with PeakRSS() as ours_mem:
+        model, clip, vae, settings, report = call(
+            host.nodes, "SD35WB_SD35Loader", model_name="sd3.5_large.safetensors", variant="auto", clip_l="none",
+            clip_g="none", t5xxl="none", t5_dtype="default", vae="taesd3", shift=3.0, fetch_missing=False,
+            weight_dtype="fp8_e4m3fn")
+    want = presets.recommended_settings("large")
+    assert settings["variant"] == "large" and settings["steps"] == want["steps"] == 40
+    assert "fp8_e4m3fn" in report, report
+    dm = model.model.diffusion_model
+    assert dm.hidden_size == 2432 and len(dm.joint_blocks) == 38
+    assert dm.joint_blocks[10].x_block.attn.qkv.weight.dtype == torch.float8_e4m3fn
+    assert ours_mem.growth < 12 * 2**30, f"fp8 weights stay fp8: +{ours_mem.growth / 2**30:.1f} GiB"
+    (guider, _) = call(host.nodes, "SD35WB_SLGGuider", model=model, positive=pos, negative=neg, cfg=4.0, preset="custom",
+                       layers="7, 8, 9", scale=slg["scale"], start=slg["start"], end=slg["end"], gating="sigma",
+                       rescale=0.0, implementation="batched")
+    t0 = time.perf_counter()
+    ours = one_step(host, model, guider)
+    step_s = time.perf_counter() - t0
+    del model, clip, vae, guider, dm
+    free()
+
+    with PeakRSS() as core_mem:
+        (base,) = call(host.nodes, "UNETLoader", unet_name="sd3.5_large.safetensors", weight_dtype="fp8_e4m3fn")
+    (m,) = call(host.nodes, "ModelSamplingSD3", model=base, shift=3.0)
+    (m,) = call(host.nodes, "SkipLayerGuidanceSD3", model=m, layers="7, 8, 9", scale=slg["scale"],
+                start_percent=slg["start"], end_percent=slg["end"])
+    (guider,) = call(host.nodes, "CFGGuider", model=m, positive=pos, negative=neg, cfg=4.0)
+    core = one_step(host, m, guider)
+    del base, m, guider
+    free()
+
+    rel = float((ours - core).abs().max() / core.abs().max())
+    print(f"\n[realsize] Large 8.06B as fp8_e4m3fn on {os.cpu_count()} cores: load ours {ours_mem.seconds:.1f}s "
+          f"peak +{ours_mem.growth / 2**30:.2f} GiB; core UNETLoader {core_mem.seconds:.1f}s peak "
+          f"+{core_mem.growth / 2**30:.2f} GiB; one 64 px SLG step {step_s:.0f}s; rel diff {rel:.2e}")
+    assert torch.isfinite(ours).all() and rel <= REL_TOL

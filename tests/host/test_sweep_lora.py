@@ -12,8 +12,7 @@ import comfy.lora
 import comfy.sd
 import pytest
 import torch
-from helpers import call
-from testnodes import make_conditioning
+from helpers import call, sweep_node_inputs
 
 from tools import lora_fixtures
 
@@ -36,12 +35,7 @@ def loras(host, user_models):
 
 
 def _inputs(host, **kw):
-    (latent,) = call(host.nodes, "EmptySD3LatentImage", width=PX, height=PX, batch_size=1)
-    (vae,) = call(host.nodes, "VAELoader", vae_name="taesd3")
-    base = dict(negative=make_conditioning("sd3", 2, PX, PX), positive=make_conditioning("sd3", 3, PX, PX),
-                latent_image=latent, vae=vae, steps=2, cfg=4.0, sampler_name="euler", scheduler="simple",
-                seed=11, order="as listed")
-    return {**base, **kw}
+    return sweep_node_inputs(host, PX, steps=2, seed=11, **kw)
 
 
 def _core(host, base, lora_name, strength, cfg, inp):

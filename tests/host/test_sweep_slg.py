@@ -10,8 +10,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import call
-from testnodes import make_conditioning
+from helpers import call, sweep_node_inputs
 
 from tools import lora_fixtures
 
@@ -21,12 +20,7 @@ pytestmark = pytest.mark.usefixtures("cold_render_cache")
 
 
 def _inputs(host, **kw):
-    (latent,) = call(host.nodes, "EmptySD3LatentImage", width=PX, height=PX, batch_size=1)
-    (vae,) = call(host.nodes, "VAELoader", vae_name="taesd3")
-    base = dict(negative=make_conditioning("sd3", 2, PX, PX), positive=make_conditioning("sd3", 3, PX, PX),
-                latent_image=latent, vae=vae, steps=3, cfg=4.0, sampler_name="euler", scheduler="simple",
-                seed=5, order="as listed")
-    return {**base, **kw}
+    return sweep_node_inputs(host, PX, steps=3, seed=5, **kw)
 
 
 def _decode(host, samples, inp):
