@@ -29,5 +29,5 @@ demo: setup
 bench: setup
 	@for f in bench/*.py; do echo "== $$f"; $(HOSTPY) $$f || exit 1; done
 
-test-realsize: setup  # SD3.5 Medium at its real structure (tools/real_models.py): ~14 GiB peak, alone on the machine
+test-realsize: setup  # SD3.5 Medium and Large (fp8) at their real structure (tools/real_models.py): ~15 GiB peak, alone on the machine
 	@flock -x /tmp/sd35wb-mem.lock env HOST="$(HOST)" FRONTEND="$(FRONTEND)" bash scripts/test.sh -m realsize $(PYTEST_ARGS)

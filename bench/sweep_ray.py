@@ -1,8 +1,9 @@
 """Sweep on Ray: images per second through ``--ray`` against the local two-server path, Ray's extra
 time per image, and the time from a node removal until its images run elsewhere.
 
-One run, the same two real ComfyUI servers on 127.0.0.1 (CPU, the tiny SD3.5-Medium-shaped model copied
-to N checkpoint files, test conditioning, taesd3, 64 px) and a local Ray cluster
+One run, the same two real ComfyUI servers on 127.0.0.1 (CPU, one torch thread each as two GPUs would not
+share, the tiny SD3.5-Medium-shaped model copied to N checkpoint files, test conditioning, taesd3, 64 px,
+1 step: the less compute per image, the less its noise hides the dispatch's cost) and a local Ray cluster
 (``ray.cluster_utils.Cluster``: a head and two worker nodes, each with one ``comfy`` resource, so two
 actors and a spare node). Each round runs the same plan (N checkpoints x 1 prompt x S seeds, fresh
 seeds every time so no server answers from its cache) locally and through Ray, in alternating order,
@@ -16,7 +17,7 @@ The removal rounds start a Ray sweep, remove the worker node of one actor once t
 and time until that actor, restarted by Ray on another node, has its first image there stored (Ray's
 detection of the lost node, the restart, and one image render).
 
-Run: $COMFYUI_PYTHON bench/sweep_ray.py [--rounds 5] [--removals 2] [--checkpoints 3] [--seeds 4] [--big-seeds 12]
+Run: $COMFYUI_PYTHON bench/sweep_ray.py [--rounds 5] [--removals 2] [--checkpoints 3] [--seeds 4] [--big-seeds 12] [--px 64] [--steps 1]
 (the test tools' Ray on PYTHONPATH, e.g. PYTHONPATH=$SD35WB_TOOLS)
 """
 
@@ -76,6 +77,8 @@ def main() -> int:
     ap.add_argument("--checkpoints", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--big-seeds", type=int, default=0, help="the larger sweep's seeds (default 3 x --seeds)")
+    ap.add_argument("--px", type=int, default=64, help="image size (64 or more: the latent nodes' minimum)")
+    ap.add_argument("--steps", type=int, default=1)
     args = ap.parse_args()
     args.big_seeds = args.big_seeds or 3 * args.seeds
     if args.big_seeds <= args.seeds:
@@ -100,14 +103,15 @@ def main() -> int:
             for k in range(2):
                 base = tmp / f"base{k}"
                 cfg = prepare_base(base, roots, {"sd35wb_testnodes": REPO / "tests" / "testnodes"})
-                servers.append(ComfyServer(base, cfg).start())
+                # one torch thread each: the two servers stand for two GPUs, not for one shared pool of cores
+                servers.append(ComfyServer(base, cfg, env={"OMP_NUM_THREADS": "1"}).start())
             urls = [s.url for s in servers]
             cluster = ray.cluster_utils.Cluster(initialize_head=True,
                                                 head_node_args={"num_cpus": 1, "resources": {"comfy": 1}})
             for _ in range(2):
                 cluster.add_node(num_cpus=1, resources={"comfy": 1})
             cluster.wait_for_nodes()
-            prompt = sth.tiny(sth.load("simpletuner_sweep_cli.json"), px=64, steps=2, prefix="bench_ray")
+            prompt = sth.tiny(sth.load("simpletuner_sweep_cli.json"), px=args.px, steps=args.steps, prefix="bench_ray")
             n_images = args.checkpoints * args.seeds
             serial = iter(range(1, 10**6))
 

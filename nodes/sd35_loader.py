@@ -335,12 +335,12 @@ class SD35Loader(io.ComfyNode):
         embeddings = folder_paths.get_folder_paths("embeddings")
         out_vae = None
         dtype_options = C.weight_dtype_model_options(weight_dtype)
-        if info.is_checkpoint:
+        if info.is_checkpoint and (vae == FROM_CHECKPOINT or want_ckpt_clip):
             model, ckpt_clip, ckpt_vae, _ = comfy.sd.load_checkpoint_guess_config(
                 model_path, output_vae=(vae == FROM_CHECKPOINT), output_clip=want_ckpt_clip,
                 embedding_directory=embeddings, model_options=dtype_options)
             out_vae = ckpt_vae
-        else:
+        else:  # core UNETLoader's call: a checkpoint whose VAE and text encoders are not used loads its MMDiT only
             model, ckpt_clip = comfy.sd.load_diffusion_model(model_path, model_options=dtype_options), None
         if type(model.model.model_config).__name__ != "SD3":
             raise ValueError(f"model_name: the host loaded {model_name} as {type(model.model.model_config).__name__}, "
