@@ -263,13 +263,13 @@ def meta_diffusion_model(tensors: dict):
 
 
 def _plain_lora_part(entry, weight):
-    """A ``lora_branch.Part`` for one entry of a ModelPatcher's patch list when it is a plain LoRA the
+    """A ``_lora_branch.Part`` for one entry of a ModelPatcher's patch list when it is a plain LoRA the
     host would merge as ``W[offset] += strength * alpha / rank * up @ down`` (comfy/lora.py,
     weight_adapter/lora.py); None for anything else (LoCon mid, DoRA, reshape, a function, another
     adapter, a slice not on the output rows), which stays a merged patch."""
     import comfy.weight_adapter
 
-    from ..sd35wb.lora_branch import Part
+    from ._lora_branch import Part
 
     if len(entry) != 5:
         return None
@@ -295,7 +295,7 @@ def _plain_lora_part(entry, weight):
 
 def unmerge_lora(base, patched) -> tuple[int, int]:
     """Move the LoRA patches ``patched`` (``comfy.sd.load_lora_for_models(base, …)``) added to Linear
-    weights out of the host's merge and into forward branches (``sd35wb/lora_branch.py``), set as
+    weights out of the host's merge and into forward branches (``nodes/_lora_branch.py``), set as
     object patches (``<module>.forward``) on the clone: the host applies and restores them when it
     loads the clone, as it does any object patch, and the base's weights are never rewritten.
 
@@ -308,7 +308,7 @@ def unmerge_lora(base, patched) -> tuple[int, int]:
     import comfy.utils
     import torch
 
-    from ..sd35wb.lora_branch import Branch
+    from ._lora_branch import Branch
 
     branched = merged = 0
     for key in list(patched.patches):

@@ -7,7 +7,8 @@ model), more than reading a full checkpoint again. Kept as a side branch, a swit
 base weights are never touched; each step pays two rank-r matmuls per patched layer. Training-time
 validation (PEFT, SimpleTuner) computes LoRAs this way too.
 
-Torch only: which of the host's patches qualify, and where they sit, is decided in ``nodes/_compat.py``.
+Torch, no ComfyUI (so not in ``sd35wb/``, which imports neither): which of the host's patches qualify,
+and where they sit, is decided in ``nodes/_compat.py``. Not a node module (leading underscore).
 """
 
 from __future__ import annotations
