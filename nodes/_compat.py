@@ -319,13 +319,15 @@ def unmerge_lora(base, patched) -> tuple[int, int]:
         if not key.endswith(".weight"):
             merged += 1
             continue
-        module = comfy.utils.get_attr(patched.model, key[: -len(".weight")])
+        path = key[: -len(".weight")]
+        module = comfy.utils.get_attr(patched.model, path)
         weight = getattr(module, "weight", None)
-        parts = [_plain_lora_part(e, weight) for e in added] if isinstance(module, torch.nn.Linear) else [None]
-        if weight is None or weight.dim() != 2 or any(p is None for p in parts):
+        linear = isinstance(module, torch.nn.Linear) and weight is not None and weight.dim() == 2
+        parts = [_plain_lora_part(e, weight) for e in added] if linear else [None]
+        if any(p is None for p in parts):
             merged += 1
             continue
-        name = key[: -len(".weight")] + ".forward"
+        name = path + ".forward"
         prev = patched.object_patches.get(name) or module.__dict__.get("forward")
         if prev is None:
             prev = types.MethodType(type(module).forward, module)
