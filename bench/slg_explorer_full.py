@@ -1,13 +1,17 @@
 """SLG explorer, whole run: the SD3.5 SLG Layer Explorer node against what it replaces, side by side.
 
 For K = 3 candidates ("7,8,9 | 6 | 10,11") and K = 24 ("each", every joint block):
-  explorer:  one ``SD35WB_SLGLayerExplorer`` run (baseline + K candidates, decoded, with its grid);
-  separate:  one plain CFG run + K separate SLG sampler runs (the pack's own SLG guider, batched,
-             the fastest single-run SLG here), each decoded,
+  explorer:    one ``SD35WB_SLGLayerExplorer`` run (baseline + K candidates, decoded, with its grid),
+               which steps all renders in lock-step (one batched model call per step for all);
+  one-by-one:  the same node with lock-step turned off (``E.LOCKSTEP_SAMPLERS`` emptied in this
+               process), the path a sampler that draws noise takes: one sampling run per render;
+  separate:    one plain CFG run + K separate SLG sampler runs (the pack's own SLG guider, batched,
+               the fastest single-run SLG here), each decoded,
 at the same settings, Stability's Medium recipe: 50 steps, dpmpp_2m, sgm_uniform, cfg 4, SLG scale
 2.5, window 1-20 % of steps. Printed per K: the time of both sides (min/median/max over the repeats,
-which alternate the order), their ratio, the final latents' largest difference, the joint-block rows
-each side computed (forward hooks on the blocks: the work, independent of machine noise), and the
+which rotate the order), their ratios, the final latents' largest difference, the joint-block rows
+each side computed (forward hooks on the blocks: the work, independent of machine noise), the MMDiT
+forward calls (what lock-step cuts: on a GPU each call at a small batch leaves the device idle), and the
 host's model-load calls for the MMDiT (``LoadedModel.model_load``: the host makes one per sampling
 run on both sides and finds the weights in place; neither side reads the model from disk again). Then the SD3.5 SLG Sensitivity Map's
 whole run ('each', 1 probe) in plain-CFG-step equivalents (its time / the CFG run's time per step).
@@ -15,7 +19,8 @@ whole run ('each', 1 probe) in plain-CFG-step equivalents (its time / the CFG ru
 What the explorer shares, by the method: every candidate follows the baseline exactly until the SLG
 window opens (here only step 0: the window is steps 1-9 of 50), so those steps run once; at the
 window's first step all K skip passes come from one batched variant call. After that each
-candidate's trajectory differs, so the rest is one SLG run per candidate; the node takes the
+candidate's trajectory differs, so the rest is one SLG run per candidate (in lock-step: one lane of
+a batch per candidate, each step one call for all lanes, the same block rows); the node takes the
 conditioning as input (no text encoding inside) and the model stays loaded across the runs.
 
 Model: SD3.5-Medium-structured MMDiT (24 joint blocks, attn2 on 0-12, RMS qk-norm), random weights,
@@ -81,10 +86,11 @@ class Counts:
     def __init__(self, model):
         import comfy.model_management
 
-        self.rows = self.loads = 0
+        self.rows = self.loads = self.calls = 0
         self.on = False
         for b in model.model.diffusion_model.joint_blocks:
             b.register_forward_pre_hook(self._rows)
+        model.model.diffusion_model.register_forward_pre_hook(self._call)
         lm = comfy.model_management.LoadedModel
         orig = lm.model_load
         counts = self
@@ -100,8 +106,11 @@ class Counts:
         if self.on:
             self.rows += args[1].shape[0]
 
+    def _call(self, module, args):
+        self.calls += self.on
+
     def measure(self, fn):
-        self.rows = self.loads = 0
+        self.rows = self.loads = self.calls = 0
         self.on = True
         t0 = clock()
         if CUDA:
@@ -169,11 +178,19 @@ def main() -> int:
                                              columns=0)
         return out.result[2]["samples"]
 
+    def one_by_one(spec):
+        saved = X.E.LOCKSTEP_SAMPLERS
+        X.E.LOCKSTEP_SAMPLERS = frozenset()  # this process only: the node's path for samplers that draw noise
+        try:
+            return explorer(spec)
+        finally:
+            X.E.LOCKSTEP_SAMPLERS = saved
+
     def separate(spec):
         lats = [cfg_run()]
         for c in E.parse_candidates(spec, 24):
-            g = slg.build_guider(model, pos, neg, CFG, "custom", ", ".join(map(str, c)), SCALE, START, END, GATING,
-                                 0.0, "batched")
+            g, _ = slg.build_guider(model, pos, neg, CFG, "custom", ", ".join(map(str, c)), SCALE, START, END,
+                                    GATING, 0.0, "batched")
             lats.append(sample(g))
         for lat in lats:  # decoded, as the explorer decodes its renders
             vae.decode(lat)
@@ -186,31 +203,38 @@ def main() -> int:
         ok = True
         for k in ARGS.k:
             spec = CANDIDATES[k]
-            res = {"explorer": [], "separate": []}
+            sides = {"explorer": explorer, "one-by-one": one_by_one, "separate": separate}
+            res = {s: [] for s in sides}
             outs = {}
             for r in range(repeats):
-                for side in (("explorer", "separate") if (r + ARGS.k.index(k)) % 2 == 0 else ("separate", "explorer")):
-                    fn = explorer if side == "explorer" else separate
-                    out, dt, rows, loads, peak = counts.measure(lambda fn=fn, spec=spec: fn(spec))
-                    res[side].append((dt, rows, loads, peak))
+                names = list(sides)
+                shift = (r + ARGS.k.index(k)) % 3  # rotate so no side always runs first
+                for side in names[shift:] + names[:shift]:
+                    out, dt, rows, loads, peak = counts.measure(lambda fn=sides[side], spec=spec: fn(spec))
+                    res[side].append((dt, rows, loads, peak, counts.calls))
                     outs[side] = out
                 _, t, *_ = counts.measure(cfg_run)  # the CFG step time, between the sides
                 step_t.append(t / STEPS)
-            diff = (outs["explorer"].float() - outs["separate"].float()).abs().max().item()
+            diff = max((outs[s].float() - outs["separate"].float()).abs().max().item() for s in ("explorer", "one-by-one"))
             med = {s: statistics.median(x[0] for x in v) for s, v in res.items()}
             rows = {s: v[0][1] for s, v in res.items()}
             loads = {s: v[0][2] for s, v in res.items()}
+            calls = {s: v[0][4] for s, v in res.items()}
             tol = 2e-2 if CUDA else 1e-5
             ok &= diff <= tol
-            print(f"\nK = {k} ({spec!r}): time (s) min/median/max explorer {spread([x[0] for x in res['explorer']])}  "
-                  f"separate {spread([x[0] for x in res['separate']])}")
-            print(f"  explorer / (CFG run + {k} SLG runs): {med['explorer'] / med['separate']:.3f} measured; "
-                  f"joint-block rows {rows['explorer']} vs {rows['separate']} = {rows['explorer'] / rows['separate']:.3f}")
-            print(f"  host model-load calls for the MMDiT (LoadedModel.model_load: one per sampling run, finding the weights in place) explorer {loads['explorer']}, separate {loads['separate']}; "
-                  f"max |explorer - separate| on the final latents {diff:.2e} (tolerance {tol:g})")
+            print(f"\nK = {k} ({spec!r}): time (s) min/median/max " + "  ".join(
+                f"{s} {spread([x[0] for x in v])}" for s, v in res.items()))
+            for s in ("explorer", "one-by-one"):
+                print(f"  {s} / (CFG run + {k} SLG runs): {med[s] / med['separate']:.3f} measured; joint-block rows "
+                      f"{rows[s]} vs {rows['separate']} = {rows[s] / rows['separate']:.3f}; MMDiT forward calls "
+                      f"{calls[s]} vs {calls['separate']}")
+            print("  host model-load calls for the MMDiT (LoadedModel.model_load: one per sampling run, finding the "
+                  "weights in place) " + ", ".join(f"{s} {n}" for s, n in loads.items())
+                  + f"; max |explorer - separate| on the final latents, both explorer paths {diff:.2e} "
+                  f"(tolerance {tol:g})")
             if CUDA:
-                print(f"  peak VRAM (GiB): explorer {max(x[3] for x in res['explorer']) / 1024 ** 3:.2f}  "
-                      f"separate {max(x[3] for x in res['separate']) / 1024 ** 3:.2f}")
+                print("  peak VRAM (GiB): " + "  ".join(
+                    f"{s} {max(x[3] for x in v) / 1024 ** 3:.2f}" for s, v in res.items()))
         step = statistics.median(step_t)
         print(f"\nplain CFG step: min/median/max {spread(step_t)} s ({len(step_t)} CFG runs of {STEPS} steps); "
               f"{cfg_rows / STEPS:.0f} joint-block rows per step")

@@ -19,6 +19,12 @@ variant the host split away from its positive computes its own prefix, as a sepa
 The explorer's runs share more: until the SLG window opens every candidate follows the baseline
 exactly, so those steps are computed once (reused only where the input is bitwise the same), and
 at the window's first step all candidates' skip passes come from one shared variant call.
+
+With a sampler that treats every batch row alone and draws no noise (``E.LOCKSTEP_SAMPLERS``), the
+baseline and the candidates are stepped together ("lanes" of one batch), so every later step is one
+batched model call for all renders instead of one per render: the same block rows, far fewer
+calls (the point on a GPU, where a small batch leaves the device idle). Lanes per run are bounded
+by the host's memory estimate; other samplers run one render at a time.
 """
 
 from __future__ import annotations
@@ -41,7 +47,17 @@ from ..sd35wb import overrides as O
 from ..sd35wb import presets as presets_mod
 from ..sd35wb import slg as S
 from ..sd35wb import slg_explorer as E
-from .slg import SLGGuider, _assembled, _call, _run_rows, apply_slg, mmdit_block_count, public_rows_wrapper
+from .slg import (
+    _ROW_LIST_KEYS,
+    SKIP_INDEX,
+    SLGGuider,
+    _assembled,
+    _call,
+    _run_rows,
+    apply_slg,
+    mmdit_block_count,
+    public_rows_wrapper,
+)
 
 VARIANT_ROWS_KEY = "sd35wb_slg_cond_or_uncond"  # the real cond indices, as the guider's fast path names them
 _REF = presets_mod.SLG_STABILITY_MEDIUM
@@ -225,6 +241,125 @@ class ExplorerGuider(SLGGuider):
         if active:
             result = apply_slg(result, cond, skips[self.candidate], self.slg_scale, self.slg_rescale)
         return result
+
+
+def _lane_patch(twins, lanes, j, prev, block):
+    n_lanes = len(lanes)
+
+    def sd35wb_slg_lanes(args, extra):
+        to = args["transformer_options"]
+        uuids = to.get("uuids", ())
+        n = len(uuids)
+        img = args["img"]
+        plan = E.lane_block_plan(uuids, twins, lanes, j, to.get(VARIANT_ROWS_KEY)) if n else None
+        if plan is None or img.shape[0] % (n * n_lanes):
+            return _call(prev, args, extra, block)
+        run, sources = plan
+        if not run:
+            return args
+        rows = img.shape[0] // (n * n_lanes)
+        lane_to = dict(to)  # per-chunk lists, one entry per lane segment, so the rows the block sees match
+        for key in _ROW_LIST_KEYS:
+            if isinstance(to.get(key), list) and len(to[key]) == n:
+                lane_to[key] = [v for v in to[key] for _ in range(n_lanes)]
+        out = _run_rows(prev, {**args, "transformer_options": lane_to}, extra, run, n * n_lanes, rows, block)
+        return _assembled(out, args, img, sources, rows)
+
+    return sd35wb_slg_lanes
+
+
+class LockstepGuider(SLGGuider):
+    """Several explorer renders as one sampling run: lane ``l`` is rows ``l*B .. (l+1)*B`` of the batch,
+    plain CFG for a lane with no layers (the baseline), SLG with its layers otherwise.
+
+    While every lane's input is bitwise the same (before the window, and at its first step) one lane
+    is computed and shared, as the one-render-at-a-time path does; after that one batched call
+    carries the positive, the negative and a skip twin of the positive for every lane, and each
+    block runs only the rows that need it (``E.lane_block_plan``)."""
+
+    def set_lanes(self, lanes, batch: int, runner: VariantPass, shared: dict):
+        self.lanes, self.batch, self.runner, self.shared = [tuple(x) for x in lanes], int(batch), runner, shared
+        self._cand_index = {}
+        for layers in self.lanes:
+            if layers and layers not in self._cand_index:
+                self._cand_index[layers] = runner.candidates.index(layers)
+
+    def _lane_options(self, model_options):
+        opts = model_options.copy()
+        opts["transformer_options"] = dict(opts.get("transformer_options", {}))
+        existing = opts["transformer_options"].get("patches_replace", {}).get("dit", {})
+        blocks = getattr(getattr(self.inner_model, "diffusion_model", None), "joint_blocks", None)
+        with_layers = [x for x in self.lanes if x]
+        # a baseline lane's twin rows are never read: carried through every block, not computed
+        depth = len(blocks) if blocks is not None and len(with_layers) < len(self.lanes) else 0
+        for j in range(max(depth, E.patched_blocks(with_layers))):
+            prev = existing.get(("double_block", j))  # another pack's patch: called as the block, never dropped
+            block = blocks[j] if blocks is not None and j < len(blocks) else None
+            patch = _lane_patch(self._skip_map, self.lanes, j, prev, block)
+            opts = comfy.model_patcher.set_model_options_patch_replace(opts, patch, "dit", "double_block", j)
+        opts["model_function_wrapper"] = public_rows_wrapper(opts.get("model_function_wrapper"),
+                                                            lambda rows: S.public_cond_or_uncond(rows, SKIP_INDEX),
+                                                            VARIANT_ROWS_KEY)
+        return opts
+
+    def _per_lane(self, result, cond, skip):
+        parts = []
+        for n, layers in enumerate(self.lanes):
+            sl = slice(n * self.batch, (n + 1) * self.batch)
+            r = result[sl]
+            if layers:
+                s = skip[self._cand_index[layers]] if isinstance(skip, list) else skip[sl]
+                r = apply_slg(r, cond[sl] if cond.shape[0] == result.shape[0] else cond, s, self.slg_scale,
+                              self.slg_rescale)
+            parts.append(r)
+        return torch.cat(parts)
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - the host's signature
+        model, b, n_lanes = self.inner_model, self.batch, len(self.lanes)
+        positive = self.conds.get("positive", None)
+        negative = self.conds.get("negative", None)
+        active = self.slg_active(timestep, model_options)
+        cfg_neg = None if math.isclose(self.cfg, 1.0) and not model_options.get("disable_cfg1_optimization",
+                                                                                  False) else negative
+        conds = [positive, cfg_neg]
+        x0 = x[:b]
+        if all(torch.equal(x0, x[n * b:(n + 1) * b]) for n in range(1, n_lanes)):
+            t0 = timestep[:b] if timestep.shape[0] == x.shape[0] else timestep
+            if active:  # the window's first call: every lane's skip pass from one shared variant call
+                cond, uncond, skips = self.runner(model, x0, t0, positive, cfg_neg, model_options)
+                r = _cfg_result(model, [cond, uncond], conds, x0, t0, self.cfg, model_options, positive, cfg_neg)
+                return self._per_lane(r.repeat(n_lanes, *[1] * (r.ndim - 1)), cond, skips)
+            sigma = float(timestep.reshape(-1)[0])
+            e = self.shared.get(sigma)
+            if e is not None and e[0].shape == x0.shape and torch.equal(e[0], x0):
+                cond, uncond = e[1], e[2]
+            else:
+                cond, uncond = comfy.samplers.calc_cond_batch(model, conds, x0, t0, model_options)
+                self.shared[sigma] = (x0.clone(), cond, uncond)
+            r = _cfg_result(model, [cond, uncond], conds, x0, t0, self.cfg, model_options, positive, cfg_neg)
+            return r.repeat(n_lanes, *[1] * (r.ndim - 1))
+        if not active:
+            return comfy.samplers.sampling_function(model, x, timestep, negative, positive, self.cfg,
+                                                    model_options=model_options, seed=seed)
+        twins = self._skip_conds_for(positive)
+        cond, uncond, skip = comfy.samplers.calc_cond_batch(model, [positive, cfg_neg, twins], x, timestep,
+                                                            self._lane_options(model_options))
+        r = _cfg_result(model, [cond, uncond], conds, x, timestep, self.cfg, model_options, positive, cfg_neg)
+        return self._per_lane(r, cond, skip)
+
+
+def lanes_per_run(model, samples, lanes: int, per_call: int) -> int:
+    """Renders stepped together: the node's ``variants_per_call`` (plus the baseline), or (0 = auto) as
+    many as the host's memory estimate lets one call of positive, negative and skip rows hold beside
+    the model's weights."""
+    if per_call > 0:
+        return min(lanes, per_call + 1)
+    free = comfy.model_management.get_free_memory(model.load_device) - model.model_size()
+    k, b = lanes, samples.shape[0]
+    estimate = model.get_model_object("memory_required")
+    while k > 1 and estimate([3 * k * b, *samples.shape[1:]]) * 1.5 >= free:
+        k = (k + 1) // 2
+    return k
 
 
 class MapGuider(comfy.samplers.CFGGuider):
@@ -456,24 +591,19 @@ class SLGLayerExplorerNode(io.ComfyNode):
         S.validate_window(start, end, gating)
         _check_sampling(sampler_name, scheduler)
         sigmas, samples, noise = _prepare(model, latent_image, seed, steps, sampler_name, scheduler)
-        shared = SharedSteps(VariantPass(model, cands, variants_per_call) if scale != 0 else None)
-        runs = [None, *range(len(cands))]
-        progress = _Progress(model, (len(sigmas) - 1) * len(runs))
+        lanes = [(), *cands]  # the baseline first
+        per_run, why = _lockstep_plan(model, samples, sampler_name, scale, len(lanes), variants_per_call)
         sampler = comfy.samplers.sampler_object(sampler_name)
-        latents = []
-        for n, k in enumerate(runs):
-            guider = ExplorerGuider(model)
-            guider.set_conds(positive, negative)
-            guider.set_cfg(cfg)
-            guider.set_slg(cands[0] if k is None else cands[k], scale, start, end, gating)
-            guider.set_explorer(shared, k)
-            progress.offset = n * (len(sigmas) - 1)
-            out = guider.sample(noise, samples, sampler, sigmas, denoise_mask=latent_image.get("noise_mask"),
-                                callback=progress.callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-                                seed=seed)
-            latents.append(out.to(comfy.model_management.intermediate_device()))
-        shared_steps = len(shared.entries)
-        shared.entries.clear()
+        mask = latent_image.get("noise_mask")
+        if per_run > 1:
+            latents, shared_steps, how = _render_lockstep(model, positive, negative, samples, noise, mask, seed, cfg,
+                                                          sampler, sigmas, cands, scale, start, end, gating, lanes,
+                                                          per_run, variants_per_call)
+        else:
+            latents, shared_steps = _render_one_by_one(model, positive, negative, samples, noise, mask, seed, cfg,
+                                                       sampler, sigmas, cands, scale, start, end, gating,
+                                                       variants_per_call)
+            how = f"one sampling run per render ({why})"
         labels = ["baseline (CFG)"] + [E.candidate_label(c) for c in cands]
         batch = samples.shape[0]
         if batch > 1:
@@ -499,10 +629,73 @@ class SLGLayerExplorerNode(io.ComfyNode):
             f"renders: baseline (plain CFG) + {len(cands)} candidate(s): "
             + " | ".join(S.format_layers(c) for c in cands) + f" of {block_count} joint blocks",
             f"shared: {shared_steps} model call(s) before the SLG window computed once for every render",
+            f"batching: {how}",
             *O.report_lines("SD35WB_SLGLayerExplorer", {"scale": float(scale), "candidates": candidates}, {}, set()),
         ])
         return io.NodeOutput(images, torch.from_numpy(G.to_array(grid))[None], out, "\n".join(labels), report,
                              ui={"text": [report]})
+
+
+def _lockstep_plan(model, samples, sampler_name, scale, n_lanes, per_call) -> tuple[int, str]:
+    """Renders per sampling run (1 = one at a time) and, when 1, why."""
+    if scale == 0:
+        return 1, "scale 0: every render is the baseline"
+    if sampler_name not in E.LOCKSTEP_SAMPLERS:
+        return 1, f"sampler {sampler_name} draws batch-shaped noise or is not checked for lock-step"
+    if model.model_options.get("sampler_calc_cond_batch_function") is not None:
+        return 1, "another node set the model's cond-batch function"
+    k = lanes_per_run(model, samples, n_lanes, per_call)
+    return k, "" if k > 1 else "memory: one render per run"
+
+
+def _repeat(t, n):
+    return t.repeat(n, *[1] * (t.ndim - 1))
+
+
+def _render_lockstep(model, positive, negative, samples, noise, mask, seed, cfg, sampler, sigmas, cands, scale, start,
+                     end, gating, lanes, per_run, per_call):
+    groups = E.lane_groups(len(lanes), per_run)
+    progress = _Progress(model, (len(sigmas) - 1) * len(groups))
+    shared: dict = {}
+    latents, b = [], samples.shape[0]
+    for n, group in enumerate(groups):
+        group_lanes = [lanes[i] for i in group]
+        with_layers = [x for x in group_lanes if x]
+        guider = LockstepGuider(model)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(cfg)
+        guider.set_slg(with_layers[0], scale, start, end, gating)
+        guider.set_lanes(group_lanes, b, VariantPass(model, with_layers, per_call), shared)
+        progress.offset = n * (len(sigmas) - 1)
+        out = guider.sample(_repeat(noise, len(group)), _repeat(samples, len(group)), sampler, sigmas,
+                            denoise_mask=mask, callback=progress.callback,
+                            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        out = out.to(comfy.model_management.intermediate_device())
+        latents += [out[i * b:(i + 1) * b] for i in range(len(group))]
+    how = (f"lock-step: {len(lanes)} renders in {len(groups)} sampling run(s) of up to {per_run}, one batched model "
+           "call per step for all renders of a run")
+    return latents, len(shared), how
+
+
+def _render_one_by_one(model, positive, negative, samples, noise, mask, seed, cfg, sampler, sigmas, cands, scale,
+                       start, end, gating, per_call):
+    shared = SharedSteps(VariantPass(model, cands, per_call) if scale != 0 else None)
+    runs = [None, *range(len(cands))]
+    progress = _Progress(model, (len(sigmas) - 1) * len(runs))
+    latents = []
+    for n, k in enumerate(runs):
+        guider = ExplorerGuider(model)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(cfg)
+        guider.set_slg(cands[0] if k is None else cands[k], scale, start, end, gating)
+        guider.set_explorer(shared, k)
+        progress.offset = n * (len(sigmas) - 1)
+        out = guider.sample(noise, samples, sampler, sigmas, denoise_mask=mask, callback=progress.callback,
+                            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        latents.append(out.to(comfy.model_management.intermediate_device()))
+    shared_steps = len(shared.entries)
+    shared.entries.clear()
+    return latents, shared_steps
 
 
 NODES = [SLGSensitivityMapNode, SLGLayerExplorerNode]

@@ -12,6 +12,8 @@ This module holds the plain parts, unit-tested on their own:
 * :func:`block_action` / :func:`variant_block_plan`: what each chunk of a batched call does in
   block ``j`` (computed, copied from its positive twin, passed through, or carried untouched).
 * :func:`block_rows` and :func:`chunk_variants`: the work a plan needs, and the split into calls.
+* :data:`LOCKSTEP_SAMPLERS`, :func:`lane_groups`, :func:`lane_block_plan`: the renders stepped
+  together as one batch ("lanes"), each step one batched model call for all of them.
 * :func:`probe_steps`, :func:`sensitivity`, :func:`map_report`, :func:`bar_chart`: the map.
 """
 
@@ -133,6 +135,67 @@ def variant_block_plan(uuids, variants: dict, j: int, rows=None, positive_index:
             sources.append(("out", at[src[c]]))
         else:
             sources.append(("in", c))
+    return run, sources
+
+
+# Samplers whose update treats every batch row alone and draws no noise: renders stepped together
+# as one batch follow exactly their separate runs' trajectories (tests/host check each one). The
+# others (ancestral, SDE: batch-shaped noise) run one render at a time.
+LOCKSTEP_SAMPLERS = frozenset({"euler", "heun", "dpm_2", "lms", "dpmpp_2m", "ipndm", "ipndm_v", "deis", "uni_pc",
+                               "uni_pc_bh2"})
+
+
+def lane_groups(n_lanes: int, per_run: int) -> list[list[int]]:
+    """Lanes (renders) split into sampling runs of at most ``per_run`` lanes, in order."""
+    per_run = n_lanes if per_run <= 0 else per_run
+    return [list(range(i, min(i + per_run, n_lanes))) for i in range(0, n_lanes, per_run)]
+
+
+def lane_block_plan(uuids, twins: dict, lanes: Sequence[Sequence[int]], j: int, rows=None, positive_index: int = 0):
+    """Plan joint block ``j`` of one batched call whose batch holds several renders (lanes).
+
+    Every cond chunk covers all lanes: chunk ``c``'s lane ``l`` is row segment ``s = c * L + l``.
+    ``twins`` maps a skip-twin entry's uuid to its positive entry's uuid (or ``None`` when that
+    uuid is not unique). In a twin chunk, lane ``l`` does what :func:`block_action` says for
+    ``lanes[l]`` (its layers), taking the shared prefix from the same lane of its positive chunk;
+    a lane with no layers (the plain-CFG baseline) never reads its twin rows, so they are carried.
+    Other chunks run every block.
+
+    Returns ``None`` when every segment runs the block, else ``(run, sources)`` over segments,
+    as :func:`variant_block_plan` does over chunks.
+    """
+    uuids = list(uuids)
+    n_lanes = len(lanes)
+    positives: dict = {}
+    for c, u in enumerate(uuids):
+        if rows is None or (c < len(rows) and rows[c] == positive_index):
+            positives.setdefault(u, []).append(c)
+    actions, src = [], {}
+    for c, u in enumerate(uuids):
+        if u not in twins:
+            actions += [RUN] * n_lanes
+            continue
+        pos = positives.get(twins[u], []) if twins[u] is not None else []
+        has_twin = len(pos) == 1
+        for lane, layers in enumerate(lanes):
+            if not layers:
+                actions.append(CARRY)
+                continue
+            if has_twin:
+                src[c * n_lanes + lane] = pos[0] * n_lanes + lane
+            actions.append(block_action(layers, j, has_twin))
+    if all(a == RUN for a in actions):
+        return None
+    run = [s for s, a in enumerate(actions) if a == RUN]
+    at = {s: k for k, s in enumerate(run)}
+    sources = []
+    for s, a in enumerate(actions):
+        if a == RUN:
+            sources.append(("out", at[s]))
+        elif a == TAKE:
+            sources.append(("out", at[src[s]]))
+        else:
+            sources.append(("in", s))
     return run, sources
 
 

@@ -245,6 +245,98 @@ def test_explorer_equals_separate_runs(host, sd35m, conds, gating, start, end, s
     # shared steps: before the window every candidate reuses the baseline's model calls
     if start > 0.2:
         assert len(log.forwards) < 4 * steps
+    if sampler == "euler_ancestral":
+        assert ("batching: one sampling run per render (sampler euler_ancestral draws batch-shaped noise or is not "
+                "checked for lock-step)") in report
+        return
+    # lock-step: the four renders are one batch, so each step is one model call for all of them
+    assert ("batching: lock-step: 4 renders in 1 sampling run(s) of up to 4, one batched model call per step for all "
+            "renders of a run") in report
+    assert len(log.forwards) == steps, log.forwards
+    # ... and no more block work than one render at a time (which makes one call per render and step)
+    one_by_one = explorer_rows_one_by_one(host, sd35m, vae, conds, lat, steps, sampler, start, end, gating, cands)
+    assert sum(log.rows) <= sum(one_by_one.rows), (log.rows, one_by_one.rows)
+    assert len(one_by_one.forwards) > 2 * steps
+
+
+def explorer_rows_one_by_one(host, model, vae, conds, lat, steps, sampler, start, end, gating, cands):
+    """The explorer's block rows with lock-step turned off (the path every non-lock-step sampler takes)."""
+    E = mod(host).E  # the pack's own module, as the host loaded it
+    saved = E.LOCKSTEP_SAMPLERS
+    E.LOCKSTEP_SAMPLERS = frozenset()
+    try:
+        with BlockRows(model) as log:
+            *_, report = call(host.nodes, "SD35WB_SLGLayerExplorer", model=model, vae=vae, positive=conds[0],
+                              negative=conds[1], latent_image=lat, seed=5, steps=steps, cfg=4.0, sampler_name=sampler,
+                              scheduler="simple", scale=2.5, start=start, end=end, gating=gating, candidates=cands,
+                              columns=0)
+    finally:
+        E.LOCKSTEP_SAMPLERS = saved
+    assert "batching: one sampling run per render" in report
+    return log
+
+
+def separate_slg_run(host, model, conds, lat, steps, sampler, layers, start, end, gating):
+    (g, _) = call(host.nodes, "SD35WB_SLGGuider", model=model, positive=conds[0], negative=conds[1], cfg=4.0,
+                  preset="custom", layers=layers, scale=2.5, start=start, end=end, gating=gating,
+                  implementation="separate pass")
+    return run_custom(host, model, g, lat, steps, sampler=sampler)
+
+
+@pytest.mark.parametrize("sampler", sorted(__import__("sd35wb.slg_explorer", fromlist=["x"]).LOCKSTEP_SAMPLERS))
+def test_every_lockstep_sampler_equals_separate_runs(host, sd35m, conds, sampler):
+    """Each sampler the explorer steps in lock-step gives every render its separate run's latent."""
+    (vae,) = call(host.nodes, "VAELoader", vae_name="taesd3")
+    lat, steps = latent(host), 4
+    with progress_events() as progress:
+        _, _, latents, _, report = call(
+            host.nodes, "SD35WB_SLGLayerExplorer", model=sd35m, vae=vae, positive=conds[0], negative=conds[1],
+            latent_image=lat, seed=5, steps=steps, cfg=4.0, sampler_name=sampler, scheduler="simple", scale=2.5,
+            start=0.0, end=1.0, gating="sigma", candidates="7,8,9 | 2", columns=0)
+    assert "batching: lock-step: 3 renders in 1 sampling run(s)" in report
+    assert progress[-1] == (steps, steps) and [v for v, _ in progress] == sorted(v for v, _ in progress)
+    # references at KSampler's sigmas, as the explorer takes them (dpm_2 and uni_pc drop the penultimate one)
+    import comfy.samplers
+
+    sigmas, samples, noise = mod(host)._prepare(sd35m, lat, 5, steps, sampler, "simple")
+    (cfg_guider,) = call(host.nodes, "CFGGuider", model=sd35m, positive=conds[0], negative=conds[1], cfg=4.0)
+    guiders = [cfg_guider] + [call(host.nodes, "SD35WB_SLGGuider", model=sd35m, positive=conds[0], negative=conds[1],
+                                   cfg=4.0, preset="custom", layers=layers, scale=2.5, start=0.0, end=1.0,
+                                   gating="sigma", implementation="separate pass")[0] for layers in ("7, 8, 9", "2")]
+    refs = [g.sample(noise, samples, comfy.samplers.sampler_object(sampler), sigmas, disable_pbar=True, seed=5)
+            for g in guiders]
+    for k, ref in enumerate(refs):
+        assert (latents["samples"][k] - ref[0]).abs().max().item() <= TOL, (sampler, k)
+    assert (refs[1] - refs[0]).abs().max().item() > 1e-3
+
+
+def test_lockstep_in_runs_bounded_by_variants_per_call_and_a_split_batch(host, sd35m, conds):
+    """variants_per_call 1 steps two renders per run (baseline + 3 candidates: 2 runs), and under memory
+    pressure the host runs every cond alone: each skip twin then computes its own prefix. Both still
+    equal the separate runs."""
+    (vae,) = call(host.nodes, "VAELoader", vae_name="taesd3")
+    lat, steps, start, end = latent(host, batch=2), 6, 0.2, 0.8
+    cands, layers = "7,8,9 | 3 | 10,11", ("7, 8, 9", "3", "10, 11")
+    kw = dict(model=sd35m, vae=vae, positive=conds[0], negative=conds[1], latent_image=lat, seed=5, steps=steps,
+              cfg=4.0, sampler_name="dpmpp_2m", scheduler="simple", scale=2.5, start=start, end=end, gating="steps",
+              candidates=cands, columns=0)
+    _, _, by_two, labels, report = call(host.nodes, "SD35WB_SLGLayerExplorer", variants_per_call=1, **kw)
+    assert "batching: lock-step: 4 renders in 2 sampling run(s) of up to 2" in report
+    assert labels.splitlines()[:3] == ["baseline (CFG) #0", "baseline (CFG) #1", "skip 7,8,9 #0"]
+    split = sd35m.clone()  # one cond chunk (4 lanes x 2 rows) fits, two never do
+    split.add_object_patch("memory_required", lambda shape, cond_shapes={}: 0 if shape[0] <= 8 else float("inf"))
+    with BlockRows(split) as log:
+        _, _, alone, _, report = call(host.nodes, "SD35WB_SLGLayerExplorer", variants_per_call=3,
+                                      **{**kw, "model": split})
+    assert "batching: lock-step: 4 renders in 1 sampling run(s) of up to 4" in report
+    # the window's steps 3 and 4, once the renders differ: positive, negative and skip twins as one call each
+    assert max(log.forwards) <= 8 and log.forwards.count(8) >= 6, log.forwards
+    (cfg_guider,) = call(host.nodes, "CFGGuider", model=sd35m, positive=conds[0], negative=conds[1], cfg=4.0)
+    refs = [run_custom(host, sd35m, cfg_guider, lat, steps, sampler="dpmpp_2m")]
+    refs += [separate_slg_run(host, sd35m, conds, lat, steps, "dpmpp_2m", x, start, end, "steps") for x in layers]
+    for k, ref in enumerate(refs):
+        for got in (by_two, alone):
+            assert (got["samples"][2 * k:2 * k + 2] - ref).abs().max().item() <= TOL, k
 
 
 def test_explorer_with_scale_zero_renders_the_baseline_for_every_candidate(host, sd35m, conds):

@@ -135,3 +135,40 @@ def test_bar_chart_draws_a_red_bar_per_top_block():
     assert h[1] == pytest.approx(9 * h[0], rel=0.1)
     with pytest.raises(ValueError, match="^values:"):
         E.bar_chart([1.0], ["a", "b"], "t")
+
+
+def test_lane_groups_split_in_order():
+    assert E.lane_groups(4, 0) == [[0, 1, 2, 3]]
+    assert E.lane_groups(4, 2) == [[0, 1], [2, 3]]
+    assert E.lane_groups(5, 2) == [[0, 1], [2, 3], [4]]
+
+
+def test_lane_block_plan_per_lane_of_the_twin_chunk():
+    """Chunks [positive, negative, twin], 3 lanes each: baseline (no layers), skip 2, skip 0,1."""
+    lanes = [(), (2,), (0, 1)]
+    uuids, twins, rows = ["p", "n", "t"], {"t": "p"}, [0, 1, 2]
+    # block 0: lane 2 skips it (pass), lane 1 is before its prefix end (carry), the baseline's twin rows carry
+    run, src = E.lane_block_plan(uuids, twins, lanes, 0, rows)
+    assert run == list(range(6))
+    assert src[6:] == [("in", 6), ("in", 7), ("in", 8)]
+    # block 1: lane 1 takes its positive twin's output (the same lane of chunk 0), lane 2 passes
+    run, src = E.lane_block_plan(uuids, twins, lanes, 1, rows)
+    assert src[6:] == [("in", 6), ("out", 1), ("in", 8)]
+    # block 2: lane 1 skips it, lane 2 computes
+    run, src = E.lane_block_plan(uuids, twins, lanes, 2, rows)
+    assert run == [0, 1, 2, 3, 4, 5, 8] and src[6:] == [("in", 6), ("in", 7), ("out", 6)]
+    # block 3: every lane with layers runs; the baseline's twin rows are still never computed
+    run, src = E.lane_block_plan(uuids, twins, lanes, 3, rows)
+    assert run == [0, 1, 2, 3, 4, 5, 7, 8] and src[6] == ("in", 6)
+    assert E.lane_block_plan(["p", "n"], twins, lanes, 0, [0, 1]) is None
+
+
+def test_lane_block_plan_without_the_positive_in_the_call():
+    """The host split the batch: the twin computes its own prefix (runs before its first skipped block)."""
+    run, src = E.lane_block_plan(["t"], {"t": "p"}, [(), (2,)], 0, [2])
+    assert run == [1] and src == [("in", 0), ("out", 0)]
+    run, src = E.lane_block_plan(["t"], {"t": "p"}, [(), (2,)], 2, [2])
+    assert run == [] and src == [("in", 0), ("in", 1)]
+    # a positive uuid that is not unique (None) is never shared
+    assert E.lane_block_plan(["p", "t"], {"t": None}, [(2,)], 1, [0, 2]) is None  # computes its own block 1
+    assert E.lane_block_plan(["p", "t"], {"t": None}, [(2,)], 2, [0, 2]) == ([0], [("out", 0), ("in", 1)])
