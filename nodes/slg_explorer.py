@@ -459,8 +459,9 @@ def _sampling_inputs(include_scale: bool) -> list:
 
 
 _PER_CALL = io.Int.Input("variants_per_call", default=0, min=0, max=256, optional=True, tooltip=(
-    "Skip variants batched into one model call with the positive (memory bound). 0 = as many as the host's memory "
-    "estimate allows. Fewer means less memory and a little more work (the positive is recomputed per call)."))
+    "Skip variants batched into one model call with the positive (memory bound); in the explorer also the "
+    "candidates stepped together in one sampling run (plus the baseline). 0 = as many as the host's memory estimate "
+    "allows. Fewer means less memory and more model calls."))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,8 +552,9 @@ class SLGLayerExplorerNode(io.ComfyNode):
             description=CITE + "This node renders one seed with plain CFG and once per candidate layer set, and "
                         "returns the images and one labelled grid (baseline first), so you can pick SLG layers for "
                         "Large or a fine-tune by looking. Steps before the SLG window are computed once for every "
-                        "candidate and all candidates' first SLG step shares one batched call; same result as "
-                        "separate SLG runs.",
+                        "candidate, all candidates' first SLG step shares one batched call, and with a sampler that "
+                        "draws no noise (euler, dpmpp_2m, ...) all renders step together as one batch: one model call "
+                        "per step for all of them. Same result as separate SLG runs.",
             inputs=[
                 io.Model.Input("model", tooltip="An SD3 / SD3.5 model (MMDiT): Medium has 24 joint blocks, Large 38."),
                 io.Vae.Input("vae", tooltip="Decodes every render for the images and the grid."),

@@ -95,6 +95,26 @@ def block_action(layers: Sequence[int], j: int, has_twin: bool = True) -> str:
     return PASS if j in skipped else RUN
 
 
+def _positive_chunks(uuids: list, rows, positive_index: int) -> dict:
+    """uuid -> the chunks of the positive cond (by ``rows``, the chunks' true cond indices) carrying it."""
+    out: dict = {}
+    for c, u in enumerate(uuids):
+        if rows is None or (c < len(rows) and rows[c] == positive_index):
+            out.setdefault(u, []).append(c)
+    return out
+
+
+def _plan(actions: list[str], src: dict):
+    """``None`` when every position runs, else ``(run, sources)``: the positions computed and, per output
+    position, ``("out", k)`` (the k-th computed one; for TAKE its ``src`` position's) or ``("in", c)``."""
+    if all(a == RUN for a in actions):
+        return None
+    run = [c for c, a in enumerate(actions) if a == RUN]
+    at = {c: k for k, c in enumerate(run)}
+    return run, [("out", at[c]) if a == RUN else ("out", at[src[c]]) if a == TAKE else ("in", c)
+                 for c, a in enumerate(actions)]
+
+
 def variant_block_plan(uuids, variants: dict, j: int, rows=None, positive_index: int = 0):
     """Plan block ``j`` of one batched call from its chunk uuids.
 
@@ -108,10 +128,7 @@ def variant_block_plan(uuids, variants: dict, j: int, rows=None, positive_index:
     or ``("in", c)`` (the block's input chunk c, untouched).
     """
     uuids = list(uuids)
-    twins: dict = {}
-    for c, u in enumerate(uuids):
-        if rows is None or (c < len(rows) and rows[c] == positive_index):
-            twins.setdefault(u, []).append(c)
+    twins = _positive_chunks(uuids, rows, positive_index)
     actions, src = [], {}
     for c, u in enumerate(uuids):
         v = variants.get(u)
@@ -123,19 +140,7 @@ def variant_block_plan(uuids, variants: dict, j: int, rows=None, positive_index:
         if has_twin:
             src[c] = pos[0]
         actions.append(block_action(v[1], j, has_twin))
-    if all(a == RUN for a in actions):
-        return None
-    run = [c for c, a in enumerate(actions) if a == RUN]
-    at = {c: k for k, c in enumerate(run)}
-    sources = []
-    for c, a in enumerate(actions):
-        if a == RUN:
-            sources.append(("out", at[c]))
-        elif a == TAKE:
-            sources.append(("out", at[src[c]]))
-        else:
-            sources.append(("in", c))
-    return run, sources
+    return _plan(actions, src)
 
 
 # Samplers whose update treats every batch row alone and draws no noise: renders stepped together
@@ -166,10 +171,7 @@ def lane_block_plan(uuids, twins: dict, lanes: Sequence[Sequence[int]], j: int, 
     """
     uuids = list(uuids)
     n_lanes = len(lanes)
-    positives: dict = {}
-    for c, u in enumerate(uuids):
-        if rows is None or (c < len(rows) and rows[c] == positive_index):
-            positives.setdefault(u, []).append(c)
+    positives = _positive_chunks(uuids, rows, positive_index)
     actions, src = [], {}
     for c, u in enumerate(uuids):
         if u not in twins:
@@ -184,19 +186,7 @@ def lane_block_plan(uuids, twins: dict, lanes: Sequence[Sequence[int]], j: int, 
             if has_twin:
                 src[c * n_lanes + lane] = pos[0] * n_lanes + lane
             actions.append(block_action(layers, j, has_twin))
-    if all(a == RUN for a in actions):
-        return None
-    run = [s for s, a in enumerate(actions) if a == RUN]
-    at = {s: k for k, s in enumerate(run)}
-    sources = []
-    for s, a in enumerate(actions):
-        if a == RUN:
-            sources.append(("out", at[s]))
-        elif a == TAKE:
-            sources.append(("out", at[src[s]]))
-        else:
-            sources.append(("in", s))
-    return run, sources
+    return _plan(actions, src)
 
 
 def patched_blocks(candidates: Sequence[Sequence[int]]) -> int:
