@@ -57,12 +57,15 @@ def parse_args():
     ap.add_argument("--k", type=int, nargs="+", choices=sorted(CANDIDATES), default=[3, 24])
     ap.add_argument("--repeats", type=int, default=0, help="alternating repeats per K (default 2 on CPU, 1 on CUDA)")
     ap.add_argument("--size", type=int, default=0, help="image side in px (default 128 on CPU, 512 on CUDA)")
+    ap.add_argument("--steps", type=int, default=STEPS, help="sampling steps (default Stability's 50; fewer only to "
+                    "check the bench runs)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("SLG_BENCH_THREADS", "1")))
     return ap.parse_args()
 
 
 ARGS = parse_args()
+STEPS = ARGS.steps
 CUDA = ARGS.device == "cuda" or (ARGS.device == "auto" and torch.cuda.is_available())
 if ARGS.device == "cuda" and not torch.cuda.is_available():
     sys.exit("slg_explorer_full: --device cuda but torch sees no CUDA device")

@@ -54,6 +54,7 @@ ROWS = {
     "1024px": (1024, 8, 1, "3", 3, 5, False),
     "w1536": (64, 8, 24, "3", 3, 5, False),
     "medium1024": (1024, 24, 24, "7, 8, 9", 3, 5, True),
+    "smoke": (64, 4, 1, "1", 1, 1, False),  # tests/host/test_benches.py: the bench runs to the end; no figure
 }
 
 

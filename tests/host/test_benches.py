@@ -1,0 +1,43 @@
+"""Host tier: the SLG benches run to the end on the real host at their smallest settings.
+
+A bench that crashes measures nothing, and nothing else runs them: ``slg_speed.py`` and
+``slg_explorer_full.py`` both crashed for a while after ``build_guider`` began returning its SLG
+values too. Here each runs in its own process (as a user runs it) and must reach its equality
+check; the times of these tiny runs are not figures and are not judged.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bench(*args: str) -> str:
+    p = subprocess.run([sys.executable, str(REPO / "bench" / args[0]), *args[1:], "--device", "cpu"], cwd=REPO,
+                       capture_output=True, text=True, timeout=900)
+    out = p.stdout + p.stderr
+    assert "Traceback" not in out, out[-4000:]
+    return out
+
+
+def test_slg_speed_runs_to_its_equality_check():
+    out = bench("slg_speed.py", "--rows", "smoke")
+    m = re.search(r"max \|ours - core\| on the final latent: (\S+) \(tolerance (\S+)\)", out)
+    assert m, out[-3000:]
+    assert float(m.group(1)) <= float(m.group(2))
+    assert "ratios of medians  ours/CFG" in out and "row floor over CFG" in out
+
+
+def test_slg_explorer_full_runs_both_explorer_paths_to_their_equality_check():
+    out = bench("slg_explorer_full.py", "--k", "3", "--repeats", "1", "--size", "16", "--steps", "6")
+    m = re.search(r"max \|explorer - separate\| on the final latents, both explorer paths (\S+) \(tolerance (\S+)\)",
+                  out)
+    assert m, out[-3000:]
+    assert float(m.group(1)) <= float(m.group(2))
+    assert re.search(r"explorer / \(CFG run \+ 3 SLG runs\): \S+ measured; joint-block rows \d+ vs \d+ = \S+; MMDiT "
+                     r"forward calls 6 vs 24", out), out[-3000:]
+    assert "sensitivity map ('each', 1 probe), whole run" in out and "\nOK\n" in out
