@@ -351,10 +351,12 @@ class LockstepGuider(SLGGuider):
 def lanes_per_run(model, samples, lanes: int, per_call: int) -> int:
     """Renders stepped together: the node's ``variants_per_call`` (plus the baseline), or (0 = auto) as
     many as the host's memory estimate lets one call of positive, negative and skip rows hold beside
-    the model's weights."""
+    the model's weights (on a GPU the part not loaded yet is still to come; on CPU they already sit in RAM)."""
     if per_call > 0:
         return min(lanes, per_call + 1)
-    free = comfy.model_management.get_free_memory(model.load_device) - model.model_size()
+    free = comfy.model_management.get_free_memory(model.load_device)
+    if model.load_device != model.offload_device:
+        free -= max(0, model.model_size() - model.loaded_size())
     k, b = lanes, samples.shape[0]
     estimate = model.get_model_object("memory_required")
     while k > 1 and estimate([3 * k * b, *samples.shape[1:]]) * 1.5 >= free:
