@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import os
 
 import comfy.model_management
 import comfy.samplers
@@ -65,12 +66,21 @@ def _unload_way() -> str:
     return "none"
 
 
+def _image_encoder_config() -> str:
+    """How core's ClipVisionModel takes its config: a dict (newer hosts) or only a JSON file path."""
+    import comfy.clip_vision
+
+    src = inspect.getsource(comfy.clip_vision.ClipVisionModel.__init__)
+    return "dict" if "isinstance(json_config, dict)" in src else "json file"
+
+
 FEATURES: dict[str, object] = {
     "search_aliases": _schema_takes_search_aliases(),
     "advanced_inputs": _inputs_take_advanced(),
     "filename_cache_drop": len(_filename_caches()),  # how many private caches a refresh clears
     "scheduler_registry": _scheduler_registry() is not None,
     "unload_model": _unload_way(),
+    "image_encoder_config": _image_encoder_config(),
 }
 LOG.info("[sd35-workbench] host features: %s", ", ".join(f"{k}={v}" for k, v in FEATURES.items()))
 
@@ -340,3 +350,76 @@ def unmerge_lora(base, patched) -> tuple[int, int]:
     if patched.patches.keys() == base.patches.keys() and all(patched.patches[k] == base.patches[k] for k in base.patches):
         patched.patches_uuid = base.patches_uuid
     return branched, merged
+
+
+# ----------------------------------------------------------------------------- scoring models
+
+def _full_precision(encoder, fp32: bool):
+    """fp32 weights where asked (scores comparable with torchmetrics' fp32 reference); else the host's
+    text-encoder dtype, as core's CLIPVisionLoader gives."""
+    import torch
+
+    if fp32:
+        encoder.model.float()
+        encoder.dtype = torch.float32
+    return encoder
+
+
+def image_encoder(config: dict, state_dict: dict, fp32: bool = True):
+    """Core's own image encoder (``comfy.clip_vision.ClipVisionModel``: CLIP vision or DINOv2) from an
+    explicit config (a Hugging Face config turned into core's keys), managed by ComfyUI's model
+    management like any CLIPVisionLoader model. Returns (encoder, missing keys)."""
+    import json
+    import tempfile
+
+    import comfy.clip_vision
+
+    if FEATURES["image_encoder_config"] == "dict":
+        enc = comfy.clip_vision.ClipVisionModel(dict(config))
+    else:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(config, f)
+        try:
+            enc = comfy.clip_vision.ClipVisionModel(f.name)
+        finally:
+            os.remove(f.name)
+    _full_precision(enc, fp32)
+    missing, _unexpected = enc.load_sd(state_dict)
+    return enc, list(missing)
+
+
+def image_encoder_file(path: str, fp32: bool = True):
+    """A clip_vision file as core's CLIPVisionLoader reads it (its own detection picks the config:
+    CLIP-L/336, DINOv2 large / giant ...); None when core does not recognise it."""
+    import comfy.clip_vision
+    import comfy.utils
+
+    sd = comfy.utils.load_torch_file(path, safe_load=True)
+    enc = comfy.clip_vision.load_clipvision_from_sd(dict(sd))
+    if enc is not None and fp32:  # core loaded it at the text-encoder dtype: reload the same tensors at fp32
+        _full_precision(enc, True).load_sd(sd)
+    return enc
+
+
+def clip_text_encoder(config: dict, state_dict: dict, fp32: bool = True):
+    """Core's CLIP text transformer (``comfy.clip_model.CLIPTextModel``, the class its CLIP-L / CLIP-G
+    text encoders use) with its text projection, under a ModelPatcher on the text-encoder devices.
+    Returns (patcher, missing keys)."""
+    import comfy.clip_model
+    import comfy.model_patcher
+    import comfy.ops
+    import torch
+
+    mm = comfy.model_management
+    load, offload = mm.text_encoder_device(), mm.text_encoder_offload_device()
+    dtype = torch.float32 if fp32 else mm.text_encoder_dtype(load)
+    model = comfy.clip_model.CLIPTextModel(config, dtype, offload, comfy.ops.manual_cast)
+    missing, _unexpected = model.load_state_dict(state_dict, strict=False)
+    model.eval()
+    patcher_cls = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    return patcher_cls(model, load_device=load, offload_device=offload), list(missing)
+
+
+def load_for_use(patcher) -> None:
+    """Bring one model onto its device through ComfyUI's memory manager (it evicts others as needed)."""
+    comfy.model_management.load_models_gpu([patcher])

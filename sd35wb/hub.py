@@ -301,3 +301,46 @@ def resolve(name: str, folders: list[str], allow_download: bool = True, progress
     how = link_into(path, dest)
     log(f"{name}: downloaded; {how} -> {dest}")
     return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# Public scoring models (no licence gate, no token): a whole Hugging Face folder, not one file
+
+SCORING_REPOS: dict[str, tuple[str, ...]] = {
+    # SimpleTuner's default --pretrained_evaluation_model_name_or_path (its CLIP evaluation)
+    "openai/clip-vit-large-patch14-336": ("config.json", "preprocessor_config.json", "tokenizer_config.json",
+                                          "special_tokens_map.json", "vocab.json", "merges.txt", "model.safetensors"),
+}
+
+
+def fetch_folder(repo: str, allow_download: bool = True, progress: Callable[[int, int], None] | None = None,
+                 cache_dir: str | None = None, endpoint: str | None = None, what: str = "clip_model") -> str:
+    """The snapshot folder of a public scoring model in the Hugging Face cache, downloading the files it
+    lacks (weights as safetensors only). Raises :class:`HubError` saying where to place them by hand."""
+    files = SCORING_REPOS.get(repo)
+    if files is None:
+        raise HubError(f"{what}: {repo} is not a scoring model this pack fetches (known: {', '.join(SCORING_REPOS)})")
+    cache_dir = cache_dir or hub_cache_dir()
+    manual = (f"download {', '.join(files)} from {repo_url(repo)} into one folder under ComfyUI/models/clip_vision/ "
+              "and pick its model.safetensors instead")
+    got = {}
+    for name in files:
+        here = cached(repo, name, cache_dir)
+        if here is None:
+            if not allow_download:
+                raise HubError(f"{what}: {repo}/{name} is not in the Hugging Face cache and downloads are off; {manual}")
+            if is_offline():
+                raise HubError(f"{what}: {repo}/{name} is not in the Hugging Face cache and the hub is offline "
+                               f"(HF_HUB_OFFLINE is set); {manual}")
+            try:
+                here = download(repo, name, cache_dir, endpoint, None, progress)
+            except DownloadFailed as e:
+                why = {"unreachable": "the hub is unreachable", "offline": "the hub is offline",
+                       "disk_full": "the disk is full"}.get(e.kind, str(e.exc).splitlines()[0])
+                raise HubError(f"{what}: could not download {repo}/{name} ({why}); {manual}") from e.exc
+        got[name] = here
+    folders = {os.path.dirname(p) for p in got.values()}
+    if len(folders) != 1:  # two snapshots (the repo changed between downloads) would pair one revision's weights with another's config
+        raise HubError(f"{what}: the cached files of {repo} come from different revisions; delete "
+                       f"{os.path.join(cache_dir, 'models--' + repo.replace('/', '--'))} and run again")
+    return folders.pop()

@@ -85,7 +85,7 @@ def tiny_models() -> Path:
     return tiny_models.build_all()
 
 
-USER_MODEL_FOLDERS = ("checkpoints", "diffusion_models", "loras", "text_encoders", "vae")
+USER_MODEL_FOLDERS = ("checkpoints", "diffusion_models", "loras", "text_encoders", "vae", "clip_vision")
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,11 @@ from testnodes import make_conditioning
 # What each known host offers (read from their sources; the behaviour tests below confirm it).
 KNOWN = {
     "0.3.75": {"search_aliases": False, "advanced_inputs": False, "filename_cache_drop": 2,
-               "scheduler_registry": True, "unload_model": "free_memory(keep_loaded=)"},
+               "scheduler_registry": True, "unload_model": "free_memory(keep_loaded=)",
+               "image_encoder_config": "json file"},
     "0.33.0": {"search_aliases": True, "advanced_inputs": True, "filename_cache_drop": 2,
-               "scheduler_registry": True, "unload_model": "unload_model_and_clones"},
+               "scheduler_registry": True, "unload_model": "unload_model_and_clones",
+               "image_encoder_config": "dict"},
 }
 
 
