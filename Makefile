@@ -16,7 +16,10 @@ setup:
 lint: setup
 	@$(HOSTPY) -m ruff check .
 
-test: setup  # plus ComfyUI-Manager + comfy-cli in their own cached venv, for the install tests (not needed by demo)
+# test: setup plus Debian's chromium for the browser tier (apt-get: root or sudo; demo never needs it), plus
+# ComfyUI-Manager + comfy-cli in their own cached venv for the install tests (not needed by demo either)
+test:
+	@bash scripts/setup.sh $(SETUP_ARGS) --browser
 	@bash scripts/install_tools.sh
 	@HOST="$(HOST)" FRONTEND="$(FRONTEND)" bash scripts/test.sh $(PYTEST_ARGS)
 

@@ -5,6 +5,7 @@
 #   bash scripts/setup.sh --host newest        # also the newest tree in ../shared/hosts (or $SD35WB_HOSTS_DIR)
 #   bash scripts/setup.sh --host PATH          # also a host from a ComfyUI source tree or .tar.gz
 #   bash scripts/setup.sh --frontend newest    # also the newest comfyui-frontend-package build (--front-end-root)
+#   bash scripts/setup.sh --browser            # also Debian's chromium for the browser tests (apt-get; root or sudo)
 #   COMFYUI_DIR=/path/to/ComfyUI [COMFYUI_PYTHON=/path/to/python] bash scripts/setup.sh
 #
 # In CI (CI set to anything) the newest tree in the hosts folder and the newest frontend come automatically
@@ -65,6 +66,8 @@ locked() {  # $1 = lock name; the rest runs while holding it
   )
 }
 
+# Only with --browser (make test, .ci/run): the browser tier is the one user of it, so `make demo` and
+# `make setup` never need root for it.
 ensure_chromium() {
   if command -v chromium >/dev/null 2>&1; then return 0; fi
   if ! command -v apt-get >/dev/null 2>&1; then
@@ -358,10 +361,12 @@ setup_frontend() {  # $1 = choice (newest or a version); writes its env file
 main() {
   EXTRA_HOSTS=()
   FRONTENDS=()
+  WANT_CHROMIUM=""
   while [ $# -gt 0 ]; do
     case "$1" in
       --host) [ $# -ge 2 ] || die "--host needs a value: newest, a version in $(hosts_dir), or a path"; EXTRA_HOSTS+=("$2"); shift 2 ;;
       --frontend) [ $# -ge 2 ] || die "--frontend needs a value: newest or a version such as 1.58.1"; FRONTENDS+=("$2"); shift 2 ;;
+      --browser) WANT_CHROMIUM=1; shift ;;
       -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
       *) die "unknown argument '$1' (see: bash scripts/setup.sh --help)" ;;
     esac
@@ -397,7 +402,7 @@ main() {
     setup_host "$choice"
   done
   for choice in "${FRONTENDS[@]}"; do setup_frontend "$choice"; done
-  ensure_chromium
+  if [ -n "$WANT_CHROMIUM" ]; then ensure_chromium; fi
 }
 
 # Sourced (tests/unit/test_setup_script.py) only defines the functions.
