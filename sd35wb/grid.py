@@ -7,7 +7,11 @@ import os
 import re
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from .plot import fit_text as _fit
+from .plot import font as _font
+from .plot import wrap_text as _wrap
 
 BACKGROUND = (24, 24, 24)
 TEXT = (235, 235, 235)
@@ -30,13 +34,6 @@ def to_pil(image) -> Image.Image:
 def to_array(image: Image.Image) -> np.ndarray:
     """H x W x 3 float32 in [0, 1]: ComfyUI's IMAGE layout without the batch axis (inverse of to_pil)."""
     return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        return ImageFont.load_default()
 
 
 def label_height(tile_height: int) -> int:
@@ -72,9 +69,7 @@ def labelled_strip(images, labels, columns=None, padding: int = 0, label_height:
         r, c = divmod(i, cols)
         x, y = padding + c * (cw + padding), padding + r * (ch + band + padding)
         out.paste(im, (x + (cw - im.width) // 2, y + band + (ch - im.height) // 2))
-        shown = text
-        while len(shown) > 1 and draw.textlength(shown, font=font) > cw - 4:
-            shown = "\u2026" + shown[2:]
+        shown = _fit(draw, text, font, cw - 4, True)
         top, bottom = draw.textbbox((0, 0), shown, font=font)[1::2]
         draw.text((x + 2, y + (band - (bottom - top)) // 2 - top), shown, fill=TEXT, font=font)
     return out
@@ -119,13 +114,6 @@ def _open_cell(cell):
         with Image.open(cell) as im:
             return im.convert("RGB")
     return to_pil(cell)
-
-
-def _fit(draw, text: str, font, width: int, from_left: bool = False) -> str:
-    shown = text
-    while len(shown) > 1 and draw.textlength(shown, font=font) > width:
-        shown = "\u2026" + shown[2:] if from_left else shown[:-2] + "\u2026"
-    return shown
 
 
 def tile_size(sizes, max_tile: int = MAX_TILE) -> tuple[int, int]:
@@ -202,18 +190,6 @@ def _draw_header(draw, levels: list[list[str]], x0: int, tw: int, line_h: int, f
                 if end - j > 1:
                     draw.line((x + 3, y + line_h - 2, x + width - 4, y + line_h - 2), fill=(110, 110, 110))
             j = end
-
-
-def _wrap(draw, text: str, font, width: int) -> list[str]:
-    lines, cur = [], ""
-    for word in text.split():
-        cand = f"{cur} {word}".strip()
-        if cur and draw.textlength(cand, font=font) > width:
-            lines.append(cur)
-            cur = word
-        else:
-            cur = cand
-    return lines + ([cur] if cur else [])
 
 
 def same_size(pages: list[Image.Image]) -> list[Image.Image]:

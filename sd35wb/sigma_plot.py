@@ -13,23 +13,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-COLORS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14))
-BG, FG, GRID = (255, 255, 255), (20, 20, 20), (225, 225, 225)
+from .plot import BG, COLORS, FG, GRID, draw_legend, legend_size
+from .plot import font as _font
 
 
 @dataclass
 class Series:
     label: str
     sigmas: Sequence[float]
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: bitmap font, fixed size
-        return ImageFont.load_default()
 
 
 def _text_w(draw: ImageDraw.ImageDraw, text: str, font) -> float:
@@ -129,20 +122,14 @@ def render(series: Sequence[Series], title: str = "", width: int = 768, height: 
         sig = np.asarray(s.sigmas, dtype=np.float64).reshape(-1)
         top_sigma = next((float(v) for v in sig if np.isfinite(v)), float("nan"))
         texts.append(f"{s.label}  (max {top_sigma:.4g}, {len(sig) - 1} steps)")
-    lw = max(_text_w(d, t, f_small) for t in texts) + 36
-    lh = 21 * len(texts) + 6
+    lw, lh = legend_size(d, texts, f_small)
     corners = [(x1 - 6 - lw, y0 + 6), (x0 + 6, y1 - 36 - lh), (x0 + 6, y0 + 6), (x1 - 6 - lw, y1 - 36 - lh)]
 
     def covered(c):
         return sum(1 for x, y in all_pts if c[0] - 4 <= x <= c[0] + lw + 4 and c[1] - 4 <= y <= c[1] + lh + 4)
 
     lx, ly = min(corners, key=covered)
-    d.rectangle([lx, ly, lx + lw, ly + lh], fill=BG, outline=GRID)
-    for k, text in enumerate(texts):
-        color = COLORS[k % len(COLORS)]
-        yy = ly + 4 + 21 * k
-        d.line([(lx + 6, yy + 9), (lx + 22, yy + 9)], fill=color, width=3)
-        d.text((lx + 28, yy), text, fill=FG, font=f_small)
+    draw_legend(d, (lx, ly), [(t, COLORS[k % len(COLORS)]) for k, t in enumerate(texts)], f_small)
     note = "triangle on the bottom edge = sigma 0 (end)"
     d.text((x1 - 8 - _text_w(d, note, f_small), y1 - 26), note, fill=FG, font=f_small)
     return img

@@ -23,9 +23,11 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from . import slg as S
+from .plot import BG, FG, GRID, fit_text, nice_step
+from .plot import font as _font
 
 EACH = "each"
 
@@ -272,14 +274,7 @@ def map_report(candidates: Sequence[Sequence[int]], per_probe: Sequence[dict], s
     }
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-BAR, BAR_TOP, FG, GRID, BG = (70, 130, 180), (214, 39, 40), (20, 20, 20), (225, 225, 225), (255, 255, 255)
+BAR, BAR_TOP = (70, 130, 180), (214, 39, 40)
 
 
 def bar_chart(values: Sequence[float], labels: Sequence[str], title: str, subtitle: str = "", highlight: int = 3,
@@ -302,11 +297,7 @@ def bar_chart(values: Sequence[float], labels: Sequence[str], title: str, subtit
         d.text((left, 28), subtitle, fill=FG, font=fs)
     plot_h = height - top - bottom
     vmax = max(values) or 1.0
-    step = 10 ** math.floor(math.log10(vmax / 4)) if vmax > 0 else 1
-    for mult in (1, 2, 2.5, 5, 10):
-        if vmax / (step * mult) <= 6:
-            step *= mult
-            break
+    step = nice_step(vmax)
     ymax = math.ceil(vmax / step) * step
     t = 0.0
     while t <= ymax + 1e-12:
@@ -326,9 +317,7 @@ def bar_chart(values: Sequence[float], labels: Sequence[str], title: str, subtit
         if i in top_k:
             txt = f"{v:.3g}"
             d.text(((x0 + x1) / 2 - d.textlength(txt, font=fs) / 2, y - 13), txt, fill=FG, font=fs)
-        shown = lab
-        while len(shown) > 1 and d.textlength(shown, font=fs) > slot:
-            shown = shown[:-2] + "\u2026"
+        shown = fit_text(d, lab, fs, slot)
         d.text((left + (i + 0.5) * slot - d.textlength(shown, font=fs) / 2, top + plot_h + 4), shown, fill=FG, font=fs)
     d.text((left, height - 18), "skipped block(s)    bar: " + y_label, fill=FG, font=fs)
     return img
