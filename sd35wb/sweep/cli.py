@@ -59,8 +59,10 @@ def parser() -> argparse.ArgumentParser:
                     help=f"refuse a plan of more images than this (default {DEFAULT_MAX_IMAGES})")
     ap.add_argument("--keep-order", action="store_true", help="--models / --loras in the order given, not numeric")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds to wait for one checkpoint's images")
-    ap.add_argument("--ray", metavar="auto|ADDRESS", help="run on a Ray cluster: one actor per --server (needs "
-                                                       "pip install \"sd35-workbench[cluster]\"); see docs/sweep_cluster.md")
+    ap.add_argument("--ray", metavar="auto|ADDRESS", help="run on a Ray cluster: one actor per --server (needs Ray: "
+                                                       "pip install \"ray[default]>=2.40\", or the tools installed "
+                                                       "with pip install \"./sd35-workbench[cluster]\" from the folder "
+                                                       "holding the clone); see docs/sweep_cluster.md")
     ap.add_argument("--ray-resource", metavar="NAME", help="with --ray: each actor takes one unit of this custom "
                                                            "resource instead of a GPU")
     ap.add_argument("--comfyui-path", metavar="PATH", help="with --ray, instead of --server: each actor starts ComfyUI "

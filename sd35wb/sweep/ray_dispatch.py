@@ -30,7 +30,11 @@ from pathlib import Path
 from .client import PromptError, Server, output_images
 from .dispatch import call_with_retries
 
-INSTALL = 'pip install "sd35-workbench[cluster]"   (or: pip install "ray[default]>=2.40")'
+# Commands that work as printed: nothing named sd35-workbench is on the package index, and Ray never goes into
+# ComfyUI's own python (docs/sweep_cluster.md, "Install").
+INSTALL = (f'{sys.executable} -m pip install "ray[default]>=2.40"; or, when that is ComfyUI\'s own python, the tools '
+           'in a venv of their own, from the folder holding the clone: python3 -m venv sd35wb-venv && '
+           'sd35wb-venv/bin/pip install "./sd35-workbench[cluster]", then run sd35wb-venv/bin/sd35wb-sweep')
 IN_FLIGHT = 3  # prompts per server at once: ComfyUI's own queue keeps the GPU busy between them
 START_TIMEOUT = 600  # seconds for a started ComfyUI to answer (a cold node imports torch and the custom nodes)
 

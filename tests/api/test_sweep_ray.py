@@ -65,7 +65,8 @@ def test_ray_missing_says_how_to_install(tmp_path):
                         "--out", tmp_path / "g.png", "--ray", "auto"], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2, r.stderr
-    assert 'pip install "sd35-workbench[cluster]"' in r.stderr and "Traceback" not in r.stderr
+    assert f'{sys.executable} -m pip install "ray[default]>=2.40"' in r.stderr, r.stderr
+    assert 'pip install "./sd35-workbench[cluster]"' in r.stderr and "Traceback" not in r.stderr
 
 
 def test_ray_bad_address_is_a_clear_error_fast(tmp_path):
