@@ -15,6 +15,8 @@ from .plot import wrap_text as _wrap
 
 BACKGROUND = (24, 24, 24)
 TEXT = (235, 235, 235)
+NOTE_TEXT = (170, 190, 215)  # a row's scores under its label: dimmer than the label, still readable
+NOTE_SEP = " \u00b7 "  # a row note breaks into lines between its parts ("CLIP 31.2 · mem 0.42")
 
 
 def to_pil(image) -> Image.Image:
@@ -125,22 +127,34 @@ def tile_size(sizes, max_tile: int = MAX_TILE) -> tuple[int, int]:
 
 
 def sweep_pages(rows, row_labels, col_labels, tile: tuple[int, int], max_width: int = MAX_PAGE,
-                max_height: int = MAX_PAGE) -> list[Image.Image]:
+                max_height: int = MAX_PAGE, row_notes: list[str] | None = None) -> list[Image.Image]:
     """The sweep grid, split into pages no wider than ``max_width`` (nor taller than ``max_height``).
 
     ``rows[r][c]`` is one cell (see :func:`_open_cell`); every page repeats the row labels on the
     left and the column labels on top. Cells are opened and downscaled one at a time, so memory
-    holds one page plus one full-size image, however large the sweep."""
+    holds one page plus one full-size image, however large the sweep. ``row_notes`` (one short
+    text per row, "" for none; the scores, :func:`sd35wb.scoreboard.row_note`) are written in a
+    smaller font under each row label, wrapped between their `` · `` parts; None draws the grid as
+    it was without them."""
     if not rows or not col_labels:
         raise ValueError("rows: nothing to draw (no checkpoints or no columns); give at least one of each")
     if len(row_labels) != len(rows) or any(len(r) != len(col_labels) for r in rows):
         raise ValueError("rows: every row needs one label and one cell per column label")
+    if row_notes is not None and len(row_notes) != len(rows):
+        raise ValueError(f"row_notes: {len(row_notes)} notes for {len(rows)} rows; give one note per row (\"\" for "
+                         "none) or no notes")
     tw, th = tile
-    font = _font(max(10, min(20, th // 10)))
+    size = max(10, min(20, th // 10))
+    font = _font(size)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line_h = probe.textbbox((0, 0), "Ag", font=font)[3] + 4
     row_lines = [str(s).split("\n") for s in row_labels]
-    label_w = min(max(tw, 64), 8 + max(int(probe.textlength(t, font=font)) for lines in row_lines for t in lines))
+    widths = [int(probe.textlength(t, font=font)) for lines in row_lines for t in lines]
+    if row_notes is not None:
+        note_font = _font(max(9, size - 4))
+        note_h = probe.textbbox((0, 0), "Ag", font=note_font)[3] + 2
+        widths += [int(probe.textlength(t, font=note_font)) for n in row_notes for t in str(n).split(NOTE_SEP)]
+    label_w = min(max(tw, 64), 8 + max(widths))
     levels = [str(c).split("\n") for c in col_labels]
     depth = max(2, max(len(lv) for lv in levels))
     head_h = depth * line_h + 4
@@ -155,8 +169,16 @@ def sweep_pages(rows, row_labels, col_labels, tile: tuple[int, int], max_width: 
             _draw_header(draw, [levels[c] for c in cs], label_w, tw, line_h, font)
             for i, r in enumerate(rs):
                 y = head_h + i * th
-                for k, line in enumerate(row_lines[r][: max(1, th // line_h)]):
+                shown = row_lines[r][: max(1, th // line_h)]
+                for k, line in enumerate(shown):
                     draw.text((4, y + 4 + k * line_h), _fit(draw, line, font, label_w - 8, True), fill=TEXT, font=font)
+                if row_notes is not None and str(row_notes[r]).strip():
+                    ny = y + 6 + len(shown) * line_h
+                    for line in _wrap(draw, str(row_notes[r]), note_font, label_w - 8, NOTE_SEP):
+                        if ny + note_h > y + th:
+                            break
+                        draw.text((4, ny), _fit(draw, line, note_font, label_w - 8), fill=NOTE_TEXT, font=note_font)
+                        ny += note_h
                 for j, c in enumerate(cs):
                     x = label_w + j * tw
                     cell = _open_cell(rows[r][c])
