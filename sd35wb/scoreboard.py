@@ -86,8 +86,8 @@ def _metric_keys(doc) -> list[str]:
 
 
 def _step(row: dict) -> int | None:
-    s = row.get("step")
-    return int(s) if isinstance(s, int) and not isinstance(s, bool) else None
+    s = _num(row.get("step"))
+    return int(s) if s is not None and s == int(s) else None
 
 
 def is_recommended(row: dict, rec: dict | None) -> bool:
