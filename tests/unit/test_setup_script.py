@@ -108,3 +108,32 @@ def test_choice_labels_name_the_env_files(tmp_path):
     lines = [Path(x).name for x in r.stdout.split()]
     assert lines[:4] == [".host.env", ".host.env", ".host.newest.env", ".frontend.newest.env"], r.stderr
     assert lines[4].startswith(".host.path-") and lines[4].endswith(".env")
+
+
+def _main_steps(*args: str) -> str:
+    """scripts/setup.sh's main with its host and chromium steps replaced by markers: which steps run for these
+    arguments (the argument handling is what is tested; building a host is the host tiers' business)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "COMFYUI_DIR", "COMFYUI_PYTHON")}
+    r = subprocess.run(["bash", "-c", 'source scripts/setup.sh && setup_host() { echo "host:$1"; } && '
+                        'ensure_chromium() { echo chromium; } && main "$@"', "setup.sh", *args],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_chromium_is_installed_only_with_browser():
+    assert _main_steps().split() == ["host:"]
+    assert _main_steps("--browser").split() == ["host:", "chromium"]
+
+
+def test_make_demo_never_asks_for_the_browser_and_make_test_and_ci_do():
+    """`make demo` must not need root for a browser only the browser tests use; `make test` and CI install it."""
+    def recipe(target: str) -> list[str]:
+        r = subprocess.run(["make", "-n", target], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return [ln for ln in r.stdout.splitlines() if "scripts/setup.sh" in ln]
+
+    assert recipe("demo") and all("--browser" not in ln for ln in recipe("demo")), recipe("demo")
+    assert any("--browser" in ln.split() for ln in recipe("test")), recipe("test")
+    ci = [ln for ln in (REPO / ".ci" / "run").read_text().splitlines() if ln.startswith("bash scripts/setup.sh")]
+    assert ci and all("--browser" in ln.split() for ln in ci), ci
