@@ -25,7 +25,8 @@ import folder_paths
 import numpy as np
 import torch
 
-from ..sd35wb import scores, sweep
+from ..sd35wb import scores, sweep, training_images
+from ..sd35wb.linker import ROOTS_ENV
 from . import _compat as C
 
 LOG = logging.getLogger("sd35-workbench")
@@ -152,18 +153,37 @@ class Scorer:
     clip_path: str | None = None
     dino_path: str | None = None
     training: list[str] = field(default_factory=list)  # training image files
+    training_raw: str = ""  # the node's input: a folder, or empty for the run's own datasets
     base: str | None = None  # a full fine-tune's base model name (drift reference)
     thresholds: dict = field(default_factory=lambda: {k: v for k, (v, _) in scores.THRESHOLDS.items()})
     fp32: bool = True
     _clip: ClipScorer | None = None
     _dino: DinoEmbedder | None = None
     _bank: tuple | None = None
+    _found: list[str] | None = None
+
+    def training_files(self) -> list[str]:
+        return self.training or self._found or []
 
     def describe(self) -> str:
         parts = [f"CLIP {os.path.basename(str(self.clip_path).rstrip('/')) if self.clip_path else 'off'}",
                  f"DINOv2 {os.path.basename(self.dino_path) if self.dino_path else 'off (CLIP image embeddings for diversity/drift)'}",
-                 f"{len(self.training)} training images" if self.training else "memorisation off (no training images)"]
+                 f"{len(self.training_files())} training images" if self.training_files() else
+                 "memorisation off (no training images)"]
         return "scoring: " + "; ".join(parts)
+
+    def find_training(self, run_dir) -> None:
+        """Resolve the training images once the sweep knows its run (the linker's training-roots rule)."""
+        if self.training or not self.dino_path or (not self.training_raw and run_dir is None):
+            return
+        try:
+            self._found = [str(p) for p in training_images.resolve(self.training_raw, os.environ.get(ROOTS_ENV, ""),
+                                                                    run_dir)]
+        except (ValueError, PermissionError) as e:
+            if self.training_raw:  # asked for by name: the user must hear why not
+                raise
+            LOG.info("[sd35-workbench] sweep scores: memorisation off: %s", e)  # the run names none it can read
+            self._found = []
 
     def clip(self) -> ClipScorer | None:
         if self.clip_path and self._clip is None:
@@ -177,7 +197,8 @@ class Scorer:
 
     def bank(self, pbar=None) -> tuple[list[str], np.ndarray] | None:
         """The training images' DINOv2 embeddings (cached on disk by model and file identity)."""
-        if not self.training or self.dino() is None:
+        files = self.training_files()
+        if not files or self.dino() is None:
             return None
         if self._bank is None:
             from PIL import Image
@@ -185,7 +206,7 @@ class Scorer:
             cache = sweep.RenderCache(os.path.join(folder_paths.get_temp_directory(), "sd35wb-scores"))
             ident = _identity(self.dino_path)
             names, embeds = [], []
-            for i, f in enumerate(self.training):
+            for i, f in enumerate(files):
                 st = os.stat(f)
                 key = sweep.fingerprint("dino-bank-1", ident, os.path.realpath(f), st.st_size, st.st_mtime_ns)
                 e = cache.get(key)
@@ -194,17 +215,19 @@ class Scorer:
                         arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
                     e = self.dino().embed(torch.from_numpy(arr)[None])[0]
                     cache.put(key, e)
-                names.append(_short(f, self.training))
+                names.append(_short(f, files))
                 embeds.append(e)
                 if pbar is not None:
-                    pbar(i + 1, len(self.training))
+                    pbar(i + 1, len(files))
             self._bank = (names, np.stack(embeds))
         return self._bank
 
-    def score(self, images: torch.Tensor, prompts: list[str], pbar=None) -> list[dict]:
-        """Per image: clip (score), memorisation + nearest, and look (the diversity/drift embedding)."""
+    def score(self, images: torch.Tensor, prompts: list[str], pbar=None, clip: bool = True,
+              offload: bool = True) -> list[dict]:
+        """Per image: clip (score), memorisation + nearest, and look (the diversity/drift embedding);
+        ``offload``: off the GPU afterwards (a caller scoring many batches in a row offloads once at the end)."""
         out = [{} for _ in range(images.shape[0])]
-        clip = self.clip()
+        clip = self.clip() if clip else None
         if clip is not None:
             img, txt = clip.embed(images, prompts)
             for o, s, e in zip(out, scores.clip_score(img, txt), img):
@@ -216,7 +239,8 @@ class Scorer:
             mem = scores.memorise(emb, bank[1], bank[0]) if bank else [(None, None)] * len(out)
             for o, e, (m, n) in zip(out, emb, mem):
                 o.update(look=e, memorisation=m, nearest=n)
-        self.offload()
+        if offload:
+            self.offload()
         return out
 
     def offload(self) -> None:
@@ -228,7 +252,8 @@ class Scorer:
     def close(self) -> None:
         """Offload, then drop the weights from RAM too (they load again on the next sweep)."""
         self.offload()
-        self._clip = self._dino = None
+        self._clip = self._dino = self._bank = None
+        self._found = None  # found again next time: the dataset may have grown
         comfy.model_management.soft_empty_cache()
 
 

@@ -7,6 +7,7 @@ sd35wb/grid.py (the paged grid). The CLI twin over the HTTP API is ``python -m s
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -19,11 +20,12 @@ import folder_paths
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..sd35wb import folders, grid, simpletuner, sweep
+from ..sd35wb import folders, grid, scoreboard, scores, simpletuner, sweep
 from ..sd35wb import overrides as O
 from ..sd35wb import slg as S
 from . import _compat as C
 from . import _lora, schedulers
+from . import scores as scores_node
 from . import slg as slg_node
 
 LOG = logging.getLogger("sd35-workbench")
@@ -212,6 +214,10 @@ class CheckpointSweep(io.ComfyNode):
                 slg_node.SETTINGS.Input("settings", optional=True, tooltip=(
                     "The SD3.5 loader's SETTINGS, for slg 'from settings' (the SLG values only; the sampling "
                     "widgets here stay what they show).")),
+                scores_node.SCORER.Input("scorer", optional=True, tooltip=(
+                    "The Sweep Scores node: every render is scored (CLIP prompt adherence, memorisation, seed "
+                    "diversity, drift on '[held out]' prompts), the scores go beside each grid row, into the "
+                    "'scores' JSON and the 'scoreboard' picture, and the report names the recommended checkpoint.")),
             ],
             outputs=[
                 io.Image.Output("images", display_name="images",
@@ -222,6 +228,12 @@ class CheckpointSweep(io.ComfyNode):
                 io.String.Output("report", display_name="report",
                                  tooltip="The plan (images, model loads, LoRA patches), the settings used, every "
                                          "swept value and why a row failed."),
+                io.String.Output("scores", display_name="scores",
+                                 tooltip="With a scorer: every row's scores, the thresholds and the recommended "
+                                         "checkpoint, as JSON (the CLI writes the same next to its grid)."),
+                io.Image.Output("scoreboard", display_name="scoreboard",
+                                tooltip="With a scorer: every score against training step, one panel per score, "
+                                        "strengths as lines, the base dashed, the recommended checkpoint marked."),
             ],
         )
 
@@ -231,7 +243,8 @@ class CheckpointSweep(io.ComfyNode):
                 scheduler: str = "sgm_uniform", denoise: float = 1.0, weight_dtype: str = "default",
                 order: str = "numeric", validation_images: bool = False, max_tile: int = grid.MAX_TILE,
                 page_width: int = grid.MAX_PAGE, model=None, strengths: str = "1.0", axes: str = "",
-                max_images: int = sweep.DEFAULT_MAX_IMAGES, slg: str = "off", settings=None) -> io.NodeOutput:
+                max_images: int = sweep.DEFAULT_MAX_IMAGES, slg: str = "off", settings=None,
+                scorer=None) -> io.NodeOutput:
         lora = model is not None
         folder = "loras" if lora else "diffusion_models"
         names = sweep.parse_model_list(models)
@@ -240,6 +253,9 @@ class CheckpointSweep(io.ComfyNode):
                              "output or list file names")
         if order == "numeric":
             names = simpletuner.natural_sorted(names)
+        base_name = getattr(scorer, "base", None) if not lora else None
+        if base_name:  # a full fine-tune's base: the first row, the reference of drift
+            names = [base_name] + [n for n in names if n != base_name]
         bad = [n for n in names if not n.lower().endswith(".safetensors")]
         if bad:
             raise ValueError(f"models: only .safetensors files are loaded, not {', '.join(bad)}")
@@ -253,8 +269,9 @@ class CheckpointSweep(io.ComfyNode):
                                                "linked, or fix the names."))
         weights = sweep.parse_strengths(strengths, "strengths") if lora else None
         swept = parse_node_axes(axes)
+        held = []
         if prompts.strip():
-            texts = sweep.parse_prompt_list(prompts)
+            texts, held = scores.split_held_out(sweep.parse_prompt_list(prompts))
             if clip is None:
                 raise ValueError("clip: 'prompts' needs a text encoder; connect a CLIP (TripleCLIPLoader for SD3.5), "
                                  "or empty 'prompts' and connect a 'positive' conditioning")
@@ -408,9 +425,17 @@ class CheckpointSweep(io.ComfyNode):
         report = cls._report(size, lora, names, weights, swept, fixed, skipped, stats, len(seeds), len(texts),
                              [slg_line(slg, slg_base, swept),
                               *O.report_lines("SD35WB_CheckpointSweep", given, {}, connected)])
-        images, grid_t, labels = cls._draw(names, texts, seeds, cells, samples, skipped, vae, paths, validation_images,
-                                           max_tile, page_width, swept)
-        return io.NodeOutput(images, grid_t, labels, report, ui={"text": [report]})
+        decoded = cls._decode(cells, samples, vae, skipped)
+        doc, notes, board = None, None, None
+        if scorer is not None:
+            doc = score_sweep(scorer, names, cells, decoded, texts if held else None, held, lora, base_name, paths)
+            report += "\n" + "\n".join(scores.report_lines(doc))
+            notes = {(r["model"], r["strength"]): scoreboard.row_note(r) for r in doc["rows"]}
+            board = torch.from_numpy(grid.to_array(scoreboard.draw_scoreboard(doc)))[None]
+        images, grid_t, labels = cls._draw(names, texts, seeds, cells, decoded, skipped, paths, validation_images,
+                                           max_tile, page_width, swept, notes)
+        return io.NodeOutput(images, grid_t, labels, report, json.dumps(doc) if doc else "",
+                             board if board is not None else torch.zeros(1, 64, 64, 3), ui={"text": [report]})
 
     @staticmethod
     def _report(size, lora, names, weights, swept, fixed, skipped, stats, n_seeds, n_prompts, extra=()) -> str:
@@ -438,9 +463,8 @@ class CheckpointSweep(io.ComfyNode):
             lines.append(f"row {sweep.model_label(n)}: {why}")
         return "\n".join(lines)
 
-    @classmethod
-    def _draw(cls, names, texts, seeds, cells, samples, skipped, vae, paths, with_validation, max_tile, page_width,
-              swept=()):
+    @staticmethod
+    def _decode(cells, samples, vae, skipped) -> dict:
         decoded = {}
         for c in cells:
             if c in samples:
@@ -449,6 +473,11 @@ class CheckpointSweep(io.ComfyNode):
         if not decoded:
             raise ValueError("models: no checkpoint rendered: " +
                              "; ".join(f"{sweep.model_label(n)}: {why}" for n, why in skipped.items()))
+        return decoded
+
+    @classmethod
+    def _draw(cls, names, texts, seeds, cells, decoded, skipped, paths, with_validation, max_tile, page_width,
+              swept=(), notes=None):
         batch = max(t.shape[0] for t in decoded.values())
         row_keys = list(dict.fromkeys(c.row for c in cells))
         combos = list(dict.fromkeys(c.axes for c in cells))
@@ -473,7 +502,8 @@ class CheckpointSweep(io.ComfyNode):
             rows = [r + v for r, v in zip(rows, vcells)]
         first = next(iter(decoded.values()))
         pages = grid.sweep_pages(rows, [sweep.row_label(lb, st) for lb, (_, st) in zip(row_labels, row_keys)], cols,
-                                 grid.tile_size([(first.shape[2], first.shape[1])], max_tile), max_width=page_width)
+                                 grid.tile_size([(first.shape[2], first.shape[1])], max_tile), max_width=page_width,
+                                 row_notes=[notes.get(rk, "") for rk in row_keys] if notes else None)
         grid_t = torch.stack([torch.from_numpy(grid.to_array(p)) for p in grid.same_size(pages)])
         images = torch.cat([decoded[c] for c in cells if c in decoded], dim=0)
         text = [lb if st is None else f"{lb} @ {sweep.format_value(st)}" for lb, (_, st) in zip(row_labels, row_keys)]
@@ -481,6 +511,40 @@ class CheckpointSweep(io.ComfyNode):
 
 
 NODES = [CheckpointSweep]
+
+
+def score_sweep(scorer, names, cells, decoded, texts, held, lora, base_name, paths) -> dict:
+    """Score every decoded render (one progress bar), then drop the scoring models: the scores document."""
+    labels = dict(zip(names, sweep.labels_for(names)))
+    rows, seen = [], set()
+    for c in cells:
+        if c.row in seen:
+            continue
+        seen.add(c.row)
+        rows.append(scores.Row(c.model, labels[c.model], sweep.checkpoint_step(labels[c.model]), c.strength,
+                               base=(c.strength == 0) if lora else c.model == base_name))
+    run_dir = next((d for d in (sweep.run_dir_of(paths[n]) for n in names) if d is not None), None)
+    scorer.find_training(run_dir)
+    todo = [c for c in cells if c in decoded]
+    total = sum(decoded[c].shape[0] for c in todo)
+    pbar = comfy.utils.ProgressBar(max(1, total))
+    samples, done = [], 0
+    try:
+        for c in todo:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            ims = decoded[c]
+            prompt = texts[c.prompt_index] if texts is not None else None
+            got = scorer.score(ims, [prompt or ""] * ims.shape[0], clip=prompt is not None, offload=False)
+            for b, o in enumerate(got):
+                samples.append(scores.Sample(c.row, c.prompt_index, c.seed, c.axes, b,
+                                             held[c.prompt_index] if held else False, o.get("clip"),
+                                             o.get("memorisation"), o.get("nearest"), o.get("look")))
+            done += ims.shape[0]
+            pbar.update_absolute(done)
+    finally:
+        scorer.close()
+    return scores.score_doc(rows, samples, scores.Options(dict(scorer.thresholds),
+                                                          "DINOv2" if scorer.dino_path else "CLIP image"))
 
 
 def check_lora_for_model(lora_name: str, model_name: str) -> dict:

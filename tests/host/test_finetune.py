@@ -191,7 +191,7 @@ def test_sweep_renders_a_vpred_run_as_v_pred_with_no_patch_node(host, vpred_run)
     (latent,) = call(host.nodes, "EmptyLatentImage", width=PX, height=PX, batch_size=1)
     (vae,) = call(host.nodes, "VAELoader", vae_name="taesdxl")
     pos, neg = make_conditioning("sdxl", 1, PX, PX), make_conditioning("sdxl", 2, PX, PX)
-    images, _, labels, _ = call(host.nodes, "SD35WB_CheckpointSweep", models=name, positive=pos, negative=neg,
+    images, _, labels, _, *_ = call(host.nodes, "SD35WB_CheckpointSweep", models=name, positive=pos, negative=neg,
                              latent_image=latent, vae=vae, seed=5, steps=3, cfg=4.0, sampler_name="euler",
                              scheduler="normal", denoise=1.0, weight_dtype="default", order="numeric")
     assert labels == "checkpoint-500"

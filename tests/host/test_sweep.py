@@ -101,7 +101,7 @@ def test_grid_of_checkpoints_x_prompts_x_seeds_with_every_batch_image(host, run_
     mm.cleanup_models_gc()
     before = {id(lm.model) for lm in mm.current_loaded_models}  # earlier tests' models may still be loaded
     with sampling() as events:
-        images, pages, labels, report = call(host.nodes, "SD35WB_CheckpointSweep", models=listed, prompts="\n".join(prompts),
+        images, pages, labels, report, *_ = call(host.nodes, "SD35WB_CheckpointSweep", models=listed, prompts="\n".join(prompts),
                                      clip=clip, seed=5, seed_count=2, validation_images=True, **_base(host, batch=2))
     # The sweep left none of its models loaded.
     mm.cleanup_models_gc()
@@ -145,7 +145,7 @@ def test_interrupted_sweep_resumes_without_rendering_twice(host, run_models):
         call(host.nodes, "SD35WB_CheckpointSweep", **kw)
     assert max(v for v, _ in events) == 3 * 2
     with sampling() as events:
-        images, pages, _, _ = call(host.nodes, "SD35WB_CheckpointSweep", **kw)
+        images, pages, _, _, *_ = call(host.nodes, "SD35WB_CheckpointSweep", **kw)
     steps_run = [v for v, _ in events if v % 2 == 1]  # the sampler's own step callbacks (odd values)
     assert len(steps_run) == 1, "only the image the interrupt left undone is sampled"
     assert images.shape[0] == 4
@@ -159,7 +159,7 @@ def test_interrupted_sweep_resumes_without_rendering_twice(host, run_models):
 
 def test_wide_sweeps_page_and_downscale(host, run_models):
     with sampling():
-        images, pages, _, _ = call(host.nodes, "SD35WB_CheckpointSweep", models=run_models[1],
+        images, pages, _, _, *_ = call(host.nodes, "SD35WB_CheckpointSweep", models=run_models[1],
                                 positive=make_conditioning("sd3", 3, PX, PX), seed=1, seed_count=3, max_tile=32,
                                 page_width=110, **_base(host))
     assert images.shape == (3, PX, PX, 3)

@@ -56,7 +56,7 @@ def test_lora_sweep_equals_core_lora_loader_and_ksampler_with_the_base_loaded_on
     real_merge = comfy.lora.calculate_weight
     monkeypatch.setattr(comfy.lora, "calculate_weight", lambda *a, **k: merges.append(a[2]) or real_merge(*a, **k))
     inp = _inputs(host, model=base, models="\n".join(names), strengths="0, 0.7", axes="cfg=2, 4")
-    images, pages, labels, report = call(host.nodes, "SD35WB_CheckpointSweep", **inp)
+    images, pages, labels, report, *_ = call(host.nodes, "SD35WB_CheckpointSweep", **inp)
     monkeypatch.undo()
     assert loads == [], "a LoRA sweep never loads a model: the base is the connected one"
     assert merges == [], "no weight is rewritten: the LoRAs run as side branches"
@@ -82,7 +82,7 @@ def test_lora_sweep_equals_core_lora_loader_and_ksampler_with_the_base_loaded_on
 def test_a_lora_that_matches_nothing_is_a_row_error_and_the_rest_renders(host, loras):
     (base,) = call(host.nodes, "UNETLoader", unet_name="tiny-sd35m.safetensors", weight_dtype="default")
     inp = _inputs(host, model=base, models=f"{loras['sd3-matches-nothing']}\n{loras['sd3-peft']}", strengths="1")
-    images, pages, labels, report = call(host.nodes, "SD35WB_CheckpointSweep", **inp)
+    images, pages, labels, report, *_ = call(host.nodes, "SD35WB_CheckpointSweep", **inp)
     assert images.shape[0] == 1, "only the LoRA that fits rendered"
     assert "row sd3-matches-nothing: " in report and "sd3-matches-nothing.safetensors" in report
     assert "only 0 of its 47 modules match the base model" in report, report

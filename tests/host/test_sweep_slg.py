@@ -37,7 +37,7 @@ def _slg_sampler(host, model, inp, **slg):
 def test_an_slg_scale_axis_renders_plain_cfg_and_slg_equal_to_ksampler_and_the_slg_sampler(host):
     (model,) = call(host.nodes, "UNETLoader", unet_name=CKPT, weight_dtype="default")
     inp = _inputs(host, models=CKPT, slg="off", axes="slg_scale=0, 2.5; slg_layers=1 2; slg_start=0; slg_end=1")
-    images, _, labels, report = call(host.nodes, "SD35WB_CheckpointSweep", **inp)
+    images, _, labels, report, *_ = call(host.nodes, "SD35WB_CheckpointSweep", **inp)
     assert images.shape[0] == 2
     assert "axis slg_scale: 0, 2.5" in report and "axis slg_layers: 1 2" in report, report
     assert "slg: off: layers 7, 8, 9 (swept in axes), scale 2.5 (swept in axes)" in report, report
@@ -56,7 +56,7 @@ def test_slg_from_settings_takes_the_loaders_values(host):
     settings = {"variant": "medium", "slg": {"layers": [0, 3], "scale": 3.0, "start": 0.0, "end": 0.7,
                                              "gating": "sigma"}}
     inp = _inputs(host, models=CKPT, slg="from settings", settings=settings)
-    images, _, _, report = call(host.nodes, "SD35WB_CheckpointSweep", **inp)
+    images, _, _, report, *_ = call(host.nodes, "SD35WB_CheckpointSweep", **inp)
     assert "slg: from settings: layers 0, 3, scale 3, start 0, end 0.7, gating sigma" in report, report
     ref = _slg_sampler(host, model, inp, preset="from settings", layers="9", scale=1.0, start=0.5, end=0.6,
                        gating="steps", settings=settings, sampling_from_settings=False)
