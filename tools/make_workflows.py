@@ -58,7 +58,9 @@ async (wf) => {
   const GAP = 30, TITLE = 30, NOTE_H = 300, GROW_W = 1.04, GROW_H = 1.08;
   // Columns no taller than H, filled in reading order; with firstFit an item may drop into an earlier
   // column that still has room (a short node beside a tall one), which keeps wide graphs to fewer columns.
-  const pack = (H, firstFit) => {
+  // The note sits on top of the first k columns (a readable 520-900 px wide), which move down under it;
+  // the columns after them start at the top, so one tall node (a sweep's) need not stand under the note.
+  const pack = (H, firstFit, k) => {
     const cols = [], at = [];
     for (const n of items) {
       const h = n.size[1] + TITLE + GAP;
@@ -69,21 +71,28 @@ async (wf) => {
     }
     let x = 0;
     for (const c of cols) { c.x = x; x += c.w + GAP; }
-    const pos = at.map(([c, y]) => [c.x, y]);
-    const w = Math.max(x - GAP, note ? 520 : 0), h = Math.max(...cols.map(c => c.h)) + (note ? NOTE_H + GAP : 0);
-    return {pos, w, h, scale: 0.75 * Math.min(1400 / (w * GROW_W), 900 / (h * GROW_H))};
+    const under = note ? Math.min(k, cols.length) : 0;  // columns under the note
+    const span = under < cols.length ? cols[under].x - GAP : Math.max(x - GAP, 520);
+    if (note && (span < 520 && under < cols.length)) return null;  // the note would cover the next column
+    const noteW = note ? Math.min(Math.max(span, 520), 900) : 0;
+    cols.forEach((c, i) => { c.y = i < under ? NOTE_H + GAP : 0; });
+    const pos = at.map(([c, y]) => [c.x, c.y + y]);
+    const w = Math.max(x - GAP, noteW), h = Math.max(...cols.map(c => c.y + c.h));
+    return {pos, w, h, noteW, scale: 0.75 * Math.min(1400 / (w * GROW_W), 900 / (h * GROW_H))};
   };
   let best = null;
-  for (const firstFit of [false, true]) {  // reading order first: first fit only where it fits better
-    for (let H = 300; H <= 2400; H += 20) {
-      const r = pack(H, firstFit);
-      if (!best || r.scale > best.scale + 1e-9) best = r;
+  for (const k of [items.length, ...items.keys()].filter(k => k > 0)) {  // note over everything first
+    for (const firstFit of [false, true]) {  // reading order first: first fit only where it fits better
+      for (let H = 300; H <= 2400; H += 20) {
+        const r = pack(H, firstFit, k);
+        if (r && (!best || r.scale > best.scale + 1e-9)) best = r;
+      }
     }
   }
-  const top = 60 + (note ? NOTE_H + GAP : 0);
+  const top = 60;
   items.forEach((n, i) => { n.pos = [60 + best.pos[i][0], top + best.pos[i][1]]; });
-  if (note) {  // the note goes above the graph, as wide as the graph (a readable 520-900 px)
-    note.size = [Math.min(Math.max(best.w, 520), 900), NOTE_H];
+  if (note) {  // the note goes top left, above the columns it spans
+    note.size = [best.noteW, NOTE_H];
     note.pos = [60, 60];
   }
   window.app.canvas.setDirty(true, true);

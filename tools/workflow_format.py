@@ -9,23 +9,71 @@ tests convert each UI workflow back and compare it with its twin.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from sd35wb import hub
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 NOTE_TYPE = "MarkdownNote"
 
-# Public files a template may name, with where they download from and the models/ folder they go to:
-# the frontend reads node.properties.models ({name, url, directory}) to offer missing files.
-# The SD3.5 files come from the hub client's table (one list of published names); the others are
-# the public originals the notes name.
-PUBLIC_MODELS: dict[str, dict] = {
-    **{f.name: {"name": f.name, "url": f"https://huggingface.co/{f.repos[0]}/resolve/main/{f.repo_path}", "directory": f.folder}
-       for f in hub.KNOWN_FILES.values()},
-    "sd_xl_base_1.0.safetensors": {
-        "name": "sd_xl_base_1.0.safetensors", "directory": "checkpoints",
-        "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"},
+# Public files a template may name: where each is published (repos carrying the same file, preferred
+# first, and its path there) and the models/ folder it goes to. The SD3.5 files come from the hub
+# client's table (sd35wb/hub.py, what fetch_missing fetches); the rest are the public originals the
+# notes name: the SD3.5 VAE alone (the diffusers layout's vae/ folder of each SD3.5 repo; no
+# published file is named sd3.5_vae.safetensors), SDXL base, NoobAI-XL V-Pred.
+@dataclass(frozen=True)
+class Published:
+    name: str  # the file name in the models/ folder (the published file's own name)
+    folder: str  # ComfyUI folder
+    repo_path: str  # path inside the repo
+    repos: tuple[str, ...]  # repos carrying the same file, preferred first
+
+
+SD35_VAE = "diffusion_pytorch_model.safetensors"
+PUBLISHED: dict[str, Published] = {
+    **{f.name: Published(f.name, f.folder, f.repo_path, f.repos) for f in hub.KNOWN_FILES.values()},
+    SD35_VAE: Published(SD35_VAE, "vae", "vae/diffusion_pytorch_model.safetensors", tuple(hub.REPOS.values())),
+    "sd_xl_base_1.0.safetensors": Published("sd_xl_base_1.0.safetensors", "checkpoints", "sd_xl_base_1.0.safetensors",
+                                            ("stabilityai/stable-diffusion-xl-base-1.0",)),
+    "NoobAI-XL-Vpred-v1.0.safetensors": Published("NoobAI-XL-Vpred-v1.0.safetensors", "checkpoints",
+                                                  "NoobAI-XL-Vpred-v1.0.safetensors", ("Laxhar/noobai-XL-Vpred-1.0",)),
 }
+
+
+def download_url(repo: str, path: str) -> str:
+    return f"https://huggingface.co/{repo}/resolve/main/{path}"
+
+
+def model_repo(prompt: dict) -> str | None:
+    """The repo of the model a template loads (its published diffusion-model file, e.g. sd3.5_large ->
+    the Large repo), or None when it loads none: the repo every other file is linked from when that
+    repo carries it too, so a user who accepted only that model's licence can download them all."""
+    for node in prompt.values():
+        for v in node["inputs"].values():
+            f = PUBLISHED.get(v) if isinstance(v, str) else None
+            if f is not None and f.folder == "checkpoints" and len(f.repos) == 1:
+                return f.repos[0]
+    return None
+
+
+def download_links(prompt: dict) -> dict[str, dict]:
+    """{name: {name, url, directory}} for every published file the prompt names, each linked from the
+    template's model repo where that repo carries it (else the file's preferred repo): what the
+    frontend reads from node.properties.models to offer a missing file."""
+    repo = model_repo(prompt)
+    out = {}
+    for node in prompt.values():
+        for v in node["inputs"].values():
+            f = PUBLISHED.get(v) if isinstance(v, str) else None
+            if f is not None:
+                src = repo if repo in f.repos else f.repos[0]
+                out[f.name] = {"name": f.name, "url": download_url(src, f.repo_path), "directory": f.folder}
+    return out
+
+
+# Node modes as the frontend saves them: 0 always, 2 never, 4 bypass. A template marks a node that the
+# first Queue leaves out with "_meta": {"mode": 4} in its API file (POST /prompt ignores _meta).
+ALWAYS, NEVER, BYPASS = 0, 2, 4
 
 
 def input_specs(info: dict) -> list[tuple[str, str, dict]]:
@@ -80,6 +128,7 @@ def api_to_ui(prompt: dict, object_info: dict, note: str | None = None, title: s
         id_map = {nid: i + 1 for i, nid in enumerate(sorted(prompt, key=lambda n: (depth[n], int(n) if n.isdigit() else n)))}
     out_links: dict[tuple[int, int], list[int]] = {}
     pending_inputs = {}
+    links_for = download_links(prompt)
     for nid, node in prompt.items():
         cls = node["class_type"]
         if cls not in object_info:
@@ -111,12 +160,12 @@ def api_to_ui(prompt: dict, object_info: dict, note: str | None = None, title: s
         meta = node.get("_meta", {})
         entry = {
             "id": uid, "type": cls, "pos": [60 + 380 * d, 60 + y], "size": [340, 60 + 26 * (len(inputs) + len(widgets))],
-            "flags": {}, "order": 0, "mode": 0, "inputs": inputs, "outputs": outputs,
+            "flags": {}, "order": 0, "mode": meta.get("mode", ALWAYS), "inputs": inputs, "outputs": outputs,
             "properties": {"Node name for S&R": cls}, "widgets_values": widgets,
         }
         if meta.get("title"):
             entry["title"] = meta["title"]
-        models = [PUBLIC_MODELS[v] for v in node["inputs"].values() if isinstance(v, str) and v in PUBLIC_MODELS]
+        models = [links_for[v] for v in node["inputs"].values() if isinstance(v, str) and v in links_for]
         if models:
             entry["properties"]["models"] = [dict(m) for m in models]
         nodes.append(entry)
@@ -169,7 +218,23 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 lk = linked[name]
                 inputs[name] = [str(lk[1]), lk[2]]
         prompt[str(node["id"])] = {"class_type": cls, "inputs": inputs}
+        if node.get("mode", ALWAYS) != ALWAYS:  # kept, so a twin's bypassed nodes compare too
+            prompt[str(node["id"])]["_meta"] = {"mode": node["mode"]}
     return prompt
+
+
+def first_queue(prompt: dict) -> dict:
+    """What the frontend queues from a template as shipped: the nodes its file marks bypassed or
+    never ("_meta" mode 4 / 2) left out. A template bypasses whole stages (a node and everything that
+    reads it), so nothing left may read a node that was left out."""
+    off = {nid for nid, n in prompt.items() if n.get("_meta", {}).get("mode", ALWAYS) in (NEVER, BYPASS)}
+    out = {nid: n for nid, n in prompt.items() if nid not in off}
+    for nid, n in out.items():
+        for k, v in n["inputs"].items():
+            if isinstance(v, list) and len(v) == 2 and str(v[0]) in off:
+                raise ValueError(f"node {nid} {n['class_type']}.{k} reads node {v[0]}, which the first Queue leaves out: "
+                                 "bypass it too")
+    return out
 
 
 def same_graph(a: dict, b: dict) -> list[str]:

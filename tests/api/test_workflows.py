@@ -9,7 +9,7 @@ from PIL import Image
 
 from tools.comfy_server import REPO
 from tools.tiny_remap import tinyify
-from tools.workflow_format import fill_defaults, input_specs, same_graph, ui_to_api
+from tools.workflow_format import BYPASS, fill_defaults, first_queue, input_specs, same_graph, ui_to_api
 
 WF = REPO / "workflows"
 API = sorted((WF / "api").glob("*.json"))
@@ -57,10 +57,14 @@ def test_ui_workflow_is_valid_and_matches_its_api_twin(server, ui_path):
     twin = json.loads((WF / "api" / ui_path.name).read_text())
     diff = same_graph(fill_defaults(prompt, object_info), fill_defaults(twin, object_info))
     assert not diff, "\n".join(diff)
+    modes = {nid: n.get("_meta", {}).get("mode", 0) for nid, n in twin.items()}
+    assert {nid: n.get("_meta", {}).get("mode", 0) for nid, n in prompt.items()} == modes, \
+        f"{ui_path.name}: the UI file's bypassed nodes are not its API twin's (python -m tools.make_workflows)"
 
 
 @pytest.mark.parametrize("api_path", API, ids=lambda p: p.stem)
 def test_api_workflow_runs_on_tiny_models(server, api_path, workflow_fixtures):
+    """Every node, the bypassed stages too: a user switches them on after the first Queue."""
     prompt = tinyify(json.loads(api_path.read_text()), extra_rules=workflow_fixtures)
     entry = server.run(prompt, timeout=900)
     images = server.images(entry)
@@ -68,40 +72,76 @@ def test_api_workflow_runs_on_tiny_models(server, api_path, workflow_fixtures):
     for data in images:
         im = Image.open(io.BytesIO(data))
         assert im.size[0] >= 64 and im.size[1] >= 64
+    for nid, node in prompt.items():
+        if node["class_type"] in ("SaveImage", "PreviewImage"):
+            assert server.images(entry, nid), f"{api_path.name}: node {nid} {node['class_type']} saved nothing"
+
+
+STAGED = [p for p in API if any(n.get("_meta", {}).get("mode") == BYPASS for n in json.loads(p.read_text()).values())]
+
+
+def test_the_explorer_template_is_staged():
+    assert [p.stem for p in STAGED] == ["slg_layer_explorer"]
+    prompt = json.loads(STAGED[0].read_text())
+    off = {n["class_type"] for n in prompt.values() if n.get("_meta", {}).get("mode") == BYPASS}
+    assert off == {"SD35WB_SLGLayerExplorer", "SaveImage"}, off
+
+
+@pytest.mark.parametrize("api_path", STAGED, ids=lambda p: p.stem)
+def test_first_queue_of_a_staged_template_runs_its_first_stage_only(server, api_path, workflow_fixtures):
+    """What the frontend queues from the template as shipped (bypassed nodes left out) validates and runs:
+    the sensitivity map and its numbers, and no explorer render."""
+    full = tinyify(json.loads(api_path.read_text()), extra_rules=workflow_fixtures)
+    prompt = first_queue(full)
+    assert set(full) - set(prompt) and not any(n["class_type"] == "SD35WB_SLGLayerExplorer" for n in prompt.values())
+    entry = server.run(prompt, timeout=900)
+    saved = [nid for nid, n in prompt.items() if n["class_type"] == "SaveImage"]
+    assert saved and all(server.images(entry, nid) for nid in saved)
+    assert set(entry["outputs"]) <= set(prompt)
 
 
 def _file_names(prompt: dict) -> set[str]:
     return {v for n in prompt.values() for v in n["inputs"].values() if isinstance(v, str) and v.endswith(MODEL_EXTS)}
 
 
-def test_every_file_a_template_names_is_published_or_documented():
-    """A user can find every file a template asks for: the hub client fetches it, or the README,
-    docs/ or the template's own note names it (a published original or an explicit placeholder)."""
-    from sd35wb import hub
+def test_every_template_note_names_the_files_it_wants_and_links_their_repo():
+    """A user reads in the template's own note every file it asks for, and for each published one the
+    page of the repo its download link points at (a gated repo's licence is accepted there)."""
+    from tools.workflow_format import PUBLISHED, download_links
 
-    docs = (REPO / "README.md").read_text() + "".join(p.read_text() for p in (REPO / "docs").glob("*.md"))
     for api in API:
         note = (WF / "notes" / f"{api.stem}.md").read_text()
-        for path in _file_names(json.loads(api.read_text())):
+        prompt = json.loads(api.read_text())
+        for path in _file_names(prompt):
             name = path.rsplit("/", 1)[-1]  # detect_from and linked runs give folder/file
             assert name != "sd3.5_vae.safetensors", f"{api.name}: Stability publishes no sd3.5_vae.safetensors"
-            assert name in hub.KNOWN_FILES or name in docs or name in note or path in note, \
-                f"{api.name}: {name} is neither a hub file (sd35wb/hub.py) nor named in the docs or its note"
+            assert name in note, f"{api.name}: its note does not name {name}"
+            if name in PUBLISHED:
+                repo = download_links(prompt)[name]["url"].split("/resolve/")[0]
+                assert repo in note, f"{api.name}: its note does not link {repo}, where {name} downloads from"
 
 
 def test_nodes_loading_public_files_carry_the_frontends_download_links():
     """properties.models ({name, url, directory}) on each node that names a public file, so the
-    frontend's missing-models dialog can offer the download."""
-    from tools.workflow_format import PUBLIC_MODELS
+    frontend's missing-models dialog can offer the download; each from the repo of the model the
+    template loads (Large's text encoders from the Large repo: its licence is the one the user accepted)."""
+    from sd35wb import hub
+    from tools.workflow_format import PUBLISHED
 
     for ui_path in UI:
-        for node in json.loads(ui_path.read_text())["nodes"]:
-            named = {v for v in node.get("widgets_values") or [] if isinstance(v, str) and v in PUBLIC_MODELS}
+        nodes = json.loads(ui_path.read_text())["nodes"]
+        for node in nodes:
+            named = {v for v in node.get("widgets_values") or [] if isinstance(v, str) and v in PUBLISHED}
             models = {m["name"]: m for m in node.get("properties", {}).get("models", [])}
             assert set(models) == named, f"{ui_path.name}: node {node['id']} {node['type']}: {sorted(named)} vs {sorted(models)}"
             for m in models.values():
                 assert m["url"].startswith("https://huggingface.co/") and "/resolve/main/" in m["url"] and \
-                    m["url"].endswith(m["name"]) and m["directory"] in ("checkpoints", "text_encoders"), m
+                    m["url"].endswith(m["name"]) and m["directory"] in ("checkpoints", "text_encoders", "vae"), m
+        urls = [m["url"] for n in nodes for m in n.get("properties", {}).get("models", [])]
+        if "large" in ui_path.stem or ui_path.stem == "slg_layer_explorer":  # both load sd3.5_large
+            assert urls and all(u.startswith(f"https://huggingface.co/{hub.REPOS['large']}/") for u in urls), urls
+        elif ui_path.stem.startswith(("sd35_medium", "simpletuner")):
+            assert urls and all(u.startswith(f"https://huggingface.co/{hub.REPOS['medium']}/") for u in urls), urls
 
 
 def test_sd35_large_samples_with_the_loaders_settings():

@@ -1,14 +1,18 @@
-"""Each UI workflow, dropped onto the canvas as a user would, loads with no missing-node dialog and
-is queued successfully (model names pointed at the tiny models first, as a user picks their own)."""
+"""Each UI workflow, dropped onto the canvas as a user would, loads with no missing-node dialog, alert
+or toast, offers download links (and a note's links) that name files the repos publish, and is
+queued successfully, its bypassed stages left out (model names pointed at the tiny models first, as
+a user picks their own)."""
 
 import json
+import re
 
 import pytest
 from browser.ui_ready import drop_workflow
 
+from sd35wb import hub
 from tools.comfy_server import REPO
 from tools.tiny_remap import TINY_MODEL, TINY_VAE, family_of
-from tools.workflow_format import ui_to_api
+from tools.workflow_format import PUBLISHED, model_repo, ui_to_api
 
 UI = sorted((REPO / "workflows").glob("*.json"))
 
@@ -28,6 +32,49 @@ RETARGET_JS = """
   }
 }
 """
+
+
+# What the loaded graph offers: every node's download links (node.properties.models, read by the
+# frontend's missing-models dialog) and the note's text, as the frontend holds them after the drop.
+LINKS_JS = """
+() => window.app.graph._nodes.map(n => ({id: n.id, type: n.type, mode: n.mode, models: n.properties?.models ?? [],
+                                        note: n.type === 'MarkdownNote' ? String(n.widgets_values?.[0] ?? '') : null}))
+"""
+HF_URL = re.compile(r"https://huggingface\.co/([\w.-]+/[\w.-]+)(?:/(?:resolve|blob)/main/([^\s)`'\"<>]+))?")
+
+
+def published_at(repo: str, path: str) -> str | None:
+    """The file name ``repo`` publishes at ``path``: sd35wb/hub.py's table for the SD3.5 files (what
+    fetch_missing fetches), tools/workflow_format.py's for the other public originals."""
+    for f in hub.KNOWN_FILES.values():
+        if repo in f.repos and f.repo_path == path:
+            return f.name
+    return next((f.name for f in PUBLISHED.values() if f.name not in hub.KNOWN_FILES and repo in f.repos
+                 and f.repo_path == path), None)
+
+
+def link_problems(name: str, graph: list[dict], prompt: dict) -> list[str]:
+    """Every download link of the graph and every Hugging Face link in its note, against the tables."""
+    repos = {r for f in PUBLISHED.values() for r in f.repos}
+    want_repo = model_repo(prompt)
+    bad = []
+    for node in graph:
+        for m in node["models"]:
+            got = HF_URL.fullmatch(m["url"])
+            if not got or not got.group(2):
+                bad.append(f"node {node['id']}: {m['url']} is no Hugging Face file link")
+            elif published_at(got.group(1), got.group(2)) != m["name"]:
+                bad.append(f"node {node['id']}: {got.group(1)} publishes no {m['name']} at {got.group(2)}")
+            elif want_repo and got.group(1) != want_repo and want_repo in PUBLISHED[m["name"]].repos:
+                bad.append(f"node {node['id']}: {m['name']} links {got.group(1)}, not {want_repo} (the model's repo)")
+    for note in (n["note"] for n in graph if n["note"]):
+        for repo, path in HF_URL.findall(note):
+            repo = repo.rstrip(".")
+            if path and published_at(repo, path.rstrip(".,")) is None:
+                bad.append(f"note: {repo} publishes nothing at {path}")
+            elif not path and repo not in repos:
+                bad.append(f"note: {repo} is no repo the templates' files come from")
+    return [f"{name}: {b}" for b in bad]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +100,14 @@ def test_dropped_workflow_loads_and_queues(page, server, ui_path, placeholder_fi
     assert not page.locator("text=/missing node/i").count(), "the missing-nodes dialog appeared"
     types = page.evaluate("() => window.app.graph._nodes.map(n => n.type)")
     assert sorted(types) == sorted(n["type"] for n in wf["nodes"])
-    fam = family_of(ui_to_api(wf, server.get_json("/object_info")))
+    page.wait_for_timeout(300)  # a toast from the load renders
+    assert not page.watch.problems(), page.watch.report()  # no alert, toast or error from loading it
+    graph = page.evaluate(LINKS_JS)
+    prompt = ui_to_api(wf, server.get_json("/object_info"))
+    assert not link_problems(ui_path.stem, graph, prompt), "\n".join(link_problems(ui_path.stem, graph, prompt))
+    assert any(n["models"] for n in graph) == any(v in PUBLISHED for n in prompt.values() for v in n["inputs"].values()
+                                                  if isinstance(v, str))
+    fam = family_of(prompt)
     page.evaluate(RETARGET_JS, [TINY_MODEL[fam], TINY_VAE[fam]])
     # Only loading and queueing are under test: the models were pointed at placeholder files and no
     # text encoders, so a run the host starts before the interrupt below fails on exactly those.
@@ -66,6 +120,9 @@ def test_dropped_workflow_loads_and_queues(page, server, ui_path, placeholder_fi
     server.request("/interrupt", {})
     assert resp.value.status == 200, body
     assert body.get("prompt_id") and not body.get("node_errors"), body
+    # The first Queue leaves a template's bypassed stage out (the explorer until the user picks candidates).
+    queued = set(resp.value.request.post_data_json["prompt"])
+    assert queued == {str(n["id"]) for n in wf["nodes"] if n["type"] != "MarkdownNote" and n["mode"] == 0}, queued
 
 
 def test_a_missing_model_tells_the_user_every_folder_searched(page, server, user_models):
