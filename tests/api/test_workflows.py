@@ -33,6 +33,17 @@ def test_every_api_workflow_has_a_ui_twin_note_and_thumbnail():
     assert {p.stem for p in UI} == {p.stem for p in API}
 
 
+def test_readme_gallery_shows_every_templates_output_small_and_labelled():
+    """python -m tools.make_template_gallery wrote each template's render; README shows it as a random-weight one."""
+    readme = (REPO / "README.md").read_text()
+    gallery = readme[readme.index("## Gallery"):readme.index("\n## ", readme.index("## Gallery") + 3)]
+    assert "random-weight" in gallery
+    for api in API:
+        pic = REPO / "docs" / "img" / f"template_{api.stem}.png"
+        assert pic.exists() and pic.stat().st_size < 100_000, f"{pic.name}: missing or 100 KB or more"
+        assert f"(docs/img/{pic.name})" in gallery, f"README's gallery does not show {pic.name}"
+
+
 @pytest.mark.parametrize("ui_path", UI, ids=lambda p: p.stem)
 def test_ui_workflow_is_valid_and_matches_its_api_twin(server, ui_path):
     object_info = server.get_json("/object_info")
