@@ -6,115 +6,51 @@
 * Lin et al. 2023 ("Common Diffusion Noise Schedules and Sample Steps are Flawed"): zero terminal
   SNR, trailing timesteps, v-prediction and CFG rescale (phi 0.7).
 
+Here: the node classes. Their helpers, one job each: ``_schedule_helpers`` (what the nodes ask of a
+model, the preview), ``_ksampler_scheduler`` (the KSampler dropdown entry), ``_ztsnr_patch`` (sample
+as detected: v-prediction / zsnr, the sampler warning), ``_ztsnr_cfg`` (CFG rescale, first-steps guider).
 The math lives in ``sd35wb/sigmas.py``; the drawing in ``sd35wb/sigma_plot.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 
 import comfy.model_sampling
-import comfy.patcher_extension
 import comfy.samplers
-import folder_paths
-import torch
 from comfy_api.v0_0_2 import io, ui
 
-from ..sd35wb import finetune, grid, sigma_plot, sigmas
+from ..sd35wb import finetune, sigma_plot, sigmas
 from . import _compat as C
+from ._ksampler_scheduler import register_ksampler_scheduler
+from ._schedule_helpers import (
+    _check_discrete,
+    _model_sampling,
+    canvas_size,
+    check_ddpm,
+    core_schedule,
+    is_flow,
+    model_family,
+    plot_tensor,
+    preview_ui,
+    to_sigmas,
+)
+from ._ztsnr_cfg import CondOnlyFirstStepsGuider, rescale_cfg_post
+from ._ztsnr_patch import (
+    PREDICTION_CHOICES,
+    ZSNR_CHOICES,
+    apply_detection,
+    auto_patch,  # noqa: F401 - the sweep's hook: nodes/sweep.py calls schedulers.auto_patch
+    detect_from_choices,
+    resolve_detect_from,
+)
 
 LOG = logging.getLogger("sd35-workbench")
 CATEGORY = "SD3.5 Workbench/schedulers"
 PATCH_CATEGORY = "SD3.5 Workbench/model patches"  # MODEL in, MODEL out: not schedulers
 GUIDER_CATEGORY = "SD3.5 Workbench/sampling"  # beside the SLG guider
-KSAMPLER_SCHEDULER = "sd35wb_ztsnr_trailing"
 
-
-# ----------------------------------------------------------------------------- helpers
-
-def _model_sampling(model):
-    return model.get_model_object("model_sampling")
-
-
-def is_flow(ms) -> bool:
-    return isinstance(ms, (comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.ModelSamplingFlux,
-                           comfy.model_sampling.CONST))
-
-
-def model_family(model) -> tuple[str, int]:
-    """(family, base resolution): 512 for SD1.5, 768 for SD2 v-prediction, 1024 for SDXL and SD3."""
-    import comfy.latent_formats
-    import comfy.model_base
-
-    base = model.model
-    if isinstance(base, comfy.model_base.SD3):
-        return "SD3", 1024
-    if isinstance(base, (comfy.model_base.SDXL, comfy.model_base.SDXLRefiner)):
-        return "SDXL", 1024
-    if isinstance(base.latent_format, comfy.latent_formats.SD15):
-        if base.model_type == comfy.model_base.ModelType.V_PREDICTION:
-            return "SD2 (v)", 768
-        return "SD1.5", 512
-    return type(base.model_config).__name__, 1024
-
-
-def canvas_size(width: int, height: int, latent: dict | None) -> tuple[int, int, str]:
-    if latent is not None:
-        samples = latent["samples"]
-        h, w = int(samples.shape[-2]) * 8, int(samples.shape[-1]) * 8
-        return w, h, "latent"
-    w, h = sigmas.check_size(width, height)
-    return w, h, "width/height"
-
-
-def to_sigmas(arr) -> torch.Tensor:
-    return torch.from_numpy(sigmas.check_schedule(arr)).float()
-
-
-def core_schedule(model, scheduler: str, steps: int):
-    ms = _model_sampling(model)
-    return comfy.samplers.calculate_sigmas(ms, scheduler, steps).cpu().double().numpy()
-
-
-def plot_tensor(series: list[sigma_plot.Series], title: str) -> torch.Tensor:
-    img = sigma_plot.render(series, title)
-    return torch.from_numpy(grid.to_array(img))[None]
-
-
-def preview_ui(image: torch.Tensor, cls) -> ui.PreviewImage:
-    return ui.PreviewImage(image, cls=cls)
-
-
-def check_ddpm(ms, who: str) -> None:
-    """Zero terminal SNR rescales a DDPM beta schedule: refuse EDM / cascade / continuous samplings."""
-    ms_mod = comfy.model_sampling
-    if not isinstance(ms, ms_mod.ModelSamplingDiscrete) or isinstance(ms, (ms_mod.ModelSamplingDiscreteEDM,
-                                                                         ms_mod.StableCascadeSampling)):
-        raise ValueError(f"model: {who} needs a discrete DDPM-schedule model (SD1.5 / SD2 / SDXL eps or v); this one "
-                         f"samples with {type(ms).__name__}, which has no beta schedule to rescale.")
-
-
-# ----------------------------------------------------------------------------- KSampler dropdown
-
-def _ztsnr_handler(model_sampling, steps: int) -> torch.Tensor:
-    """KSampler scheduler: zero-terminal-SNR trailing schedule of the model's own table."""
-    if is_flow(model_sampling):
-        raise ValueError(f"scheduler {KSAMPLER_SCHEDULER}: the model is a flow-matching model (SD3/Flux); zero terminal "
-                         "SNR applies to discrete eps / v-prediction models only. Pick another scheduler.")
-    check_ddpm(model_sampling, f"scheduler {KSAMPLER_SCHEDULER}")
-    table = model_sampling.sigmas.detach().cpu().double().numpy()
-    if not getattr(model_sampling, "zsnr", False):
-        table = sigmas.rescale_sigma_table_zero_terminal_snr(table)
-    return torch.from_numpy(sigmas.ztsnr_sigmas_from_table(table, steps, sigmas.COMFY_ZSNR_SIGMA)).float()
-
-
-def register_ksampler_scheduler() -> bool:
-    """Add our schedule to core's scheduler registry (KSampler, KSamplerAdvanced, BasicScheduler), once."""
-    return C.register_scheduler(KSAMPLER_SCHEDULER, _ztsnr_handler, use_ms=True)
-
-
-register_ksampler_scheduler()
+register_ksampler_scheduler()  # when the capability loads, as before any node runs
 
 
 # ----------------------------------------------------------------------------- high sigma
@@ -298,159 +234,7 @@ class ZTSNRScheduler(io.ComfyNode):
         return io.NodeOutput(to_sigmas(out), info, ui=preview_ui(plot_tensor(series, title), cls))
 
 
-def _check_discrete(model, node: str):
-    ms = _model_sampling(model)
-    if is_flow(ms):
-        raise ValueError(f"model: this is a flow-matching model (SD3 / SD3.5 / Flux sampling); {node} patches "
-                         "discrete eps / v-prediction models only.")
-    return ms
-
-
-PREDICTION_CHOICES = ["auto", "v_prediction", "eps"]
-ZSNR_CHOICES = ["auto", "on", "off"]
-WARNING_KEY = "sd35wb_zsnr_sampler_warning"
-ZSNR_LIKE_SIGMA = 1000.0  # a first sigma this high is a zero-SNR stand-in (SDXL's own sigma_max is 14.6)
-
-
-def detect_from_choices() -> list[str]:
-    """The files auto can read: ``checkpoints/<name>`` and ``diffusion_models/<name>`` (.safetensors)."""
-    out = ["none"]
-    for folder in ("checkpoints", "diffusion_models"):
-        try:
-            names = folder_paths.get_filename_list(folder)
-        except Exception:  # noqa: BLE001 - a host without the folder lists nothing
-            names = []
-        out += [f"{folder}/{n}" for n in names if n.lower().endswith(".safetensors")]
-    return out
-
-
-def resolve_detect_from(choice: str) -> str:
-    folder, _, name = choice.partition("/")
-    path = folder_paths.get_full_path(folder, name) if folder in ("checkpoints", "diffusion_models") and name else None
-    if not path:
-        raise ValueError(f"detect_from: {choice!r} is not a file in checkpoints/ or diffusion_models/; pick the file "
-                         "the model was loaded from (refresh the node list if it was just added).")
-    return path
-
-
-def show_warning(text: str) -> None:
-    """A warning the user sees: the log, and as text on the node that is running (the sampler)."""
-    LOG.warning("[sd35-workbench] %s", text)
-    try:
-        from comfy_execution.utils import get_executing_context
-        from server import PromptServer
-
-        ctx = get_executing_context()
-        inst = getattr(PromptServer, "instance", None)
-        if ctx is not None and inst is not None and hasattr(inst, "send_progress_text"):
-            inst.send_progress_text(f"warning: {text}", ctx.node_id)
-    except Exception as e:  # noqa: BLE001 - the log line above already carries the warning
-        LOG.debug("[sd35-workbench] no node text for the warning: %s", e)
-
-
-def sampler_name_of(sampler) -> str:
-    fn = getattr(sampler, "sampler_function", None)
-    name = getattr(fn, "__name__", "") or ""
-    return name[len("sample_"):] if name.startswith("sample_") else name
-
-
-def _zsnr_sampler_check(executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
-    """OUTER_SAMPLE wrapper: warn (never stop) when a zero-SNR model meets a sampler that collapses on it."""
-    text = finetune.sampler_warning(sampler_name_of(sampler), comfy.samplers.KSAMPLER_NAMES)
-    if text:
-        show_warning(text)
-    return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
-
-
-def _sampling_class(prediction: str):
-    if prediction == "v_prediction":
-        return comfy.model_sampling.V_PREDICTION
-    if prediction == "eps":
-        return comfy.model_sampling.EPS
-    raise ValueError(f"prediction: unknown {prediction!r}; expected one of {PREDICTION_CHOICES}.")
-
-
-def apply_detection(model, detection: finetune.Detection | None, prediction: str = "auto", zsnr: str = "auto",
-                    only_if_needed: bool = False):
-    """Sample ``model`` as ``detection`` says (explicit ``prediction`` / ``zsnr`` win); return (model, summary).
-
-    The sweep calls this once per checkpoint with ``only_if_needed``: a model the host already samples
-    as detected (eps files, flow models, files with marker keys) is returned as it is, unpatched."""
-    if prediction not in PREDICTION_CHOICES:
-        raise ValueError(f"prediction: unknown {prediction!r}; expected one of {PREDICTION_CHOICES}.")
-    if zsnr not in ZSNR_CHOICES:
-        raise ValueError(f"zsnr: unknown {zsnr!r}; expected one of {ZSNR_CHOICES}.")
-    ms = _model_sampling(model)
-    flow = is_flow(ms)
-    if flow or (detection is not None and detection.prediction.value == "flow" and prediction == "auto"):
-        if only_if_needed:
-            return model, f"flow matching: left as loaded ({detection.summary() if detection else 'no detection'})"
-        raise ValueError("model: this is a flow-matching model (SD3 / SD3.5 / Flux sampling); SD35WB_ZTSNRModelPatch "
-                         "patches discrete eps / v-prediction models only.")
-    is_v = isinstance(ms, comfy.model_sampling.V_PREDICTION)  # V_PREDICTION subclasses EPS
-    # No file to read: 'auto' is what ComfyUI itself made of the model (its loader reads the v_pred /
-    # ztsnr marker keys into model_sampling; an upstream ModelSamplingDiscrete shows there too).
-    loaded = f"as ComfyUI loaded it, {'v-prediction' if is_v else 'eps'}"
-    if prediction == "auto":
-        if detection is None:
-            pred, pred_src = ("v_prediction" if is_v else "eps"), f"auto: {loaded}"
-        else:
-            pred = "v_prediction" if detection.prediction.value == "v" else "eps"
-            pred_src = f"auto: {detection.prediction.source}"
-    else:
-        pred, pred_src = prediction, "set on the node"
-    if zsnr == "auto":
-        if detection is None:
-            on = bool(getattr(ms, "zsnr", False))
-            zsnr_src = f"auto: {loaded}, zsnr {'on' if on else 'off'}"
-        else:
-            on = detection.zsnr.value == "yes"
-            zsnr_src = f"auto: {detection.zsnr.source}" + (" (unknown: left off)" if detection.zsnr.value == "unknown" else "")
-    else:
-        on, zsnr_src = zsnr == "on", "set on the node"
-    sampling_type = _sampling_class(pred)
-    lines: list[str] = []
-    if detection is not None:
-        lines.append(f"detected: {detection.summary()}")
-    elif "auto" in (prediction, zsnr):
-        lines.append("detected: no detect_from file, so 'auto' follows what ComfyUI loaded (it reads the v_pred / "
-                     "ztsnr marker keys); pick the file in detect_from to read its metadata and training configs too")
-    lines.append(f"applied: {pred} [{pred_src}], zsnr {'on' if on else 'off'} [{zsnr_src}]")
-    if on:
-        lines.append(f"zero-SNR: avoid {' / '.join(finetune.ZSNR_UNSAFE_SAMPLERS)} (they collapse); "
-                     f"{finetune.ZSNR_ALTERNATIVE if finetune.ZSNR_ALTERNATIVE in comfy.samplers.KSAMPLER_NAMES else finetune.ZSNR_FALLBACK} "
-                     "is the safe choice")
-    summary = "\n".join(lines)
-    same = isinstance(ms, comfy.model_sampling.ModelSamplingDiscrete) and is_v == (pred == "v_prediction") \
-        and bool(getattr(ms, "zsnr", False)) == on
-    as_loaded = detection is None and prediction == zsnr == "auto"  # nothing to change: keep any custom sampling
-    if as_loaded or (only_if_needed and (same or (pred == "eps" and not on))):  # eps + no zsnr: ComfyUI's own choice (EDM too)
-        if not on:
-            return model, summary + "\n(the host already samples it so: left as loaded)"
-        m = model.clone()  # only for the sampler warning
-        summary += "\n(the host already samples it so: sampling left as loaded)"
-    else:
-        class ModelSamplingZTSNR(comfy.model_sampling.ModelSamplingDiscrete, sampling_type):
-            pass
-
-        m = model.clone()
-        m.add_object_patch("model_sampling", ModelSamplingZTSNR(model.model.model_config, zsnr=on))
-    if on:
-        m.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WARNING_KEY)
-        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WARNING_KEY, _zsnr_sampler_check)
-    return m, summary
-
-
-def auto_patch(model, path: str):
-    """Sweep hook: sample one loaded checkpoint as its files say (one call per checkpoint).
-
-    Returns (model, note); a file whose detection fails is left as loaded, with the reason in the note."""
-    try:
-        detection = finetune.detect_file(path)
-    except (ValueError, OSError) as e:
-        return model, f"not detected ({e}): left as loaded"
-    return apply_detection(model, detection, only_if_needed=True)
-
+# ----------------------------------------------------------------------------- v-prediction / zsnr patch
 
 class ZTSNRModelPatch(io.ComfyNode):
     @classmethod
@@ -505,42 +289,6 @@ class ZTSNRModelPatch(io.ComfyNode):
 
 # ----------------------------------------------------------------------------- CFG rescale
 
-def rescale_cfg_post(multiplier: float):
-    """Post-CFG function: Lin et al. 2023 sec. 3.4 CFG rescale, computed in v-space like core RescaleCFG.
-
-    Works on the already combined ``denoised`` (so any other cfg function stays in charge of the
-    combination): for a plain CFG combination the v-space combination equals the x0-space one,
-    because the x0 -> v map is affine and the CFG weights sum to 1. Flow models use the flow
-    velocity (x - x0) / sigma as their v."""
-
-    def post(args):
-        denoised = args["denoised"]
-        cond_x0, uncond_x0 = args.get("cond_denoised"), args.get("uncond_denoised")
-        if multiplier == 0 or cond_x0 is None or uncond_x0 is None or math.isclose(float(args["cond_scale"]), 1.0):
-            return denoised
-        x_orig = args["input"]
-        sigma = args["sigma"]
-        sigma = sigma.view(sigma.shape[:1] + (1,) * (denoised.ndim - 1)).to(denoised.dtype)
-        ms = args["model"].model_sampling if hasattr(args["model"], "model_sampling") else None
-        dims = tuple(range(1, denoised.ndim))
-        if ms is not None and is_flow(ms):
-            v_cond = (x_orig - cond_x0) / sigma
-            v_cfg = (x_orig - denoised) / sigma
-        else:
-            x = x_orig / (sigma * sigma + 1.0)
-            k = (sigma ** 2 + 1.0) ** 0.5 / sigma
-            v_cond = (x - cond_x0) * k
-            v_cfg = (x - denoised) * k
-        ro_pos = torch.std(v_cond, dim=dims, keepdim=True)
-        ro_cfg = torch.std(v_cfg, dim=dims, keepdim=True)
-        v_final = multiplier * (v_cfg * (ro_pos / ro_cfg)) + (1.0 - multiplier) * v_cfg
-        if ms is not None and is_flow(ms):
-            return x_orig - v_final * sigma
-        return x - v_final / k
-
-    return post
-
-
 class RescaleCFG(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -574,37 +322,6 @@ class RescaleCFG(io.ComfyNode):
 
 
 # ----------------------------------------------------------------------------- first-step CFG skip
-
-class CondOnlyFirstStepsGuider(comfy.samplers.CFGGuider):
-    """CFG guider that uses the positive prediction alone (cfg 1, no uncond pass) for the first
-    ``cond_only_steps`` steps of the schedule it samples, i.e. while sigma > sigmas[cond_only_steps]."""
-
-    def set_cond_only_steps(self, n: int) -> None:
-        self.cond_only_steps = int(n)
-
-    def cfg_for(self, timestep, model_options) -> float:
-        n = getattr(self, "cond_only_steps", 0)
-        sched = (model_options.get("transformer_options") or {}).get("sample_sigmas")
-        if n <= 0 or sched is None:
-            return self.cfg
-        if n >= len(sched) - 1:
-            return 1.0
-        threshold = float(sched[n])
-        return 1.0 if float(timestep.max()) > threshold else self.cfg
-
-    def sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
-        if sigmas is not None and len(sigmas) and float(sigmas.max()) >= ZSNR_LIKE_SIGMA:
-            text = finetune.sampler_warning(sampler_name_of(sampler), comfy.samplers.KSAMPLER_NAMES)
-            patched = getattr(self.model_patcher, "wrappers", {}).get(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, {})
-            if text and WARNING_KEY not in patched:  # a patched model warns from its own wrapper
-                show_warning(text)
-        return super().sample(noise, latent_image, sampler, sigmas, *args, **kwargs)
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - core's signature
-        return comfy.samplers.sampling_function(self.inner_model, x, timestep, self.conds.get("negative", None),
-                                                self.conds.get("positive", None), self.cfg_for(timestep, model_options),
-                                                model_options=model_options, seed=seed)
-
 
 class ZTSNRGuider(io.ComfyNode):
     @classmethod
