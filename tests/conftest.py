@@ -136,11 +136,22 @@ def host(tiny_models, user_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def server(tiny_models, user_models, training_root, tmp_path_factory):
+def hub_cache(tmp_path_factory) -> Path:
+    """The server's Hugging Face cache: it holds (a tiny random stand-in of) SimpleTuner's default CLIP
+    evaluation model, as a SimpleTuner user's cache does; nothing else (the server runs offline)."""
+    from tools.score_fixtures import seed_hub_cache
+
+    root = tmp_path_factory.mktemp("hf-hub-cache")
+    seed_hub_cache(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def server(tiny_models, user_models, training_root, hub_cache, tmp_path_factory):
     """A real ComfyUI server on 127.0.0.1 with the pack, the test nodes and the tiny models."""
     base = tmp_path_factory.mktemp("comfy-base")
     cfg = prepare_base(base, model_roots(tiny_models, user_models), {"sd35wb_testnodes": TESTS / "testnodes"})
-    srv = ComfyServer(base, cfg, env={"SD35WB_TRAINING_ROOTS": str(training_root)}).start()
+    srv = ComfyServer(base, cfg, env={"SD35WB_TRAINING_ROOTS": str(training_root), "HF_HUB_CACHE": str(hub_cache)}).start()
     yield srv
     srv.stop()
     ARTIFACTS.mkdir(exist_ok=True)

@@ -1,6 +1,7 @@
 """Each example workflow's rendered output on the tiny random-weight test models, for README's gallery.
 
     python -m tools.make_template_gallery      # writes docs/img/template_<name>.png
+    python -m tools.make_template_gallery simpletuner_lora_sweep_scores   # only these templates
 
 Queues every workflows/api/*.json through a real ComfyUI server exactly as the api tier's
 test_api_workflow_runs_on_tiny_models does (tools.tiny_remap plus tools.workflow_fixtures; a staged
@@ -23,7 +24,7 @@ from tools.comfy_server import REPO, ComfyServer, prepare_base
 OUT = REPO / "docs" / "img"
 MAX_BYTES = 100_000
 MAX_SIDE = 640
-USER_FOLDERS = ("checkpoints", "diffusion_models", "loras", "text_encoders", "vae")
+USER_FOLDERS = ("checkpoints", "diffusion_models", "loras", "text_encoders", "vae", "clip_vision")
 
 
 def final_image(prompt: dict) -> str:
@@ -71,7 +72,10 @@ def main() -> int:
         rules = template_rules(tiny, user, training)
         server = ComfyServer(base, cfg, env={"SD35WB_TRAINING_ROOTS": str(training)}).start()
         try:
+            only = set(sys.argv[1:])
             for api in sorted((REPO / "workflows" / "api").glob("*.json")):
+                if only and api.stem not in only:
+                    continue
                 prompt = tinyify(json.loads(api.read_text()), extra_rules=rules)
                 entry = server.run(prompt, timeout=900)
                 (data, *_) = server.images(entry, final_image(prompt))

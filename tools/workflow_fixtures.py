@@ -43,6 +43,13 @@ def template_rules(tiny_models: Path, user_models: Path, training_root: Path):
 
             run = tiny_example_run(training_root / "example-run", tiny_models / "diffusion_models" / "tiny-sd35m.safetensors")
             node["inputs"].update(output_dir=str(run), run="example-run")
+        if node["class_type"] == "SD35WB_SweepScores":  # tiny random CLIP and DINOv2 in models/clip_vision
+            from tools.score_fixtures import write_tiny_clip, write_tiny_dino
+
+            write_tiny_clip(user_models / "clip_vision" / "openai-clip-tiny")
+            write_tiny_dino(user_models / "clip_vision" / "dinov2-tiny")
+            node["inputs"].update(clip_model="openai-clip-tiny/model.safetensors",
+                                  dino_model="dinov2-tiny/model.safetensors")
         if node["class_type"] == "SD35WB_ZTSNRModelPatch" and node["inputs"].get("detect_from", "none") != "none":
             # auto reads the tiny SDXL-family model saved with kohya v-pred zero-SNR metadata (same weights)
             from tools.finetune_fixtures import convention_file
