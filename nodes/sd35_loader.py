@@ -33,7 +33,7 @@ SETTINGS = io.Custom("SD35WB_SETTINGS")
 NONE = "none"
 FROM_CHECKPOINT = "from checkpoint"
 TAESD3 = "taesd3"
-TE_DEFAULTS = {"clip_l": "clip_l.safetensors", "clip_g": "clip_g.safetensors", "t5xxl": "t5xxl_fp16.safetensors"}
+TE_DEFAULTS = {"clip_l": "clip_l.safetensors", "clip_g": "clip_g.safetensors", "t5xxl": "t5xxl_fp8_e4m3fn.safetensors"}  # README and every template: fp8 (4.9 GB)
 MODEL_FOLDERS = ("checkpoints", "diffusion_models")
 
 
