@@ -2,8 +2,9 @@
 
 Node: SD35WB_SimpleTunerLink (link a run's checkpoints into the host's model folders); the
 checkpoint sweep that renders them is nodes/sweep.py.
-Route: POST /sd35wb/simpletuner/sync (the "Sync now" button in js/sd35wb_simpletuner.js).
-Plain logic: sd35wb/simpletuner.py (layout), sd35wb/linker.py (links), sd35wb/shards.py (merging).
+Route: POST /sd35wb/simpletuner/sync (the "Sync now" button in js/sd35wb_simpletuner.js); SimpleTuner's
+webhook: POST /sd35wb/simpletuner/webhook, and GET /sd35wb/simpletuner/events for followers.
+Plain logic: sd35wb/simpletuner.py (layout), sd35wb/linker/ (links), sd35wb/shards.py (merging).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import folder_paths
 from comfy_api.v0_0_2 import io
 
-from ..sd35wb import linker, simpletuner
+from ..sd35wb import linker, simpletuner, webhook
 from . import _compat as C
 
 LOG = logging.getLogger("sd35-workbench")
@@ -160,3 +161,29 @@ def register_routes(server) -> None:
             LOG.exception("[sd35-workbench] SimpleTuner sync failed")
             return error(f"the sync failed ({e}); links made so far are recorded: sync again", None, 500)
         return web.json_response(report.as_dict())
+
+    # SimpleTuner's raw webhook (sd35wb/webhook.py does the parsing and the rules; the same linker sync).
+    @server.routes.post("/sd35wb/simpletuner/webhook")
+    async def simpletuner_webhook(request):
+        if (request.content_length or 0) > webhook.MAX_BODY:
+            return error(f"body: above the limit of {webhook.MAX_BODY} bytes", None, 413)
+        body = await request.content.read(webhook.MAX_BODY + 1)  # never more than the limit in memory
+        run = request.query.get("run") or None
+        loop = asyncio.get_running_loop()
+        status, doc = await loop.run_in_executor(None, webhook.handle, body, request.content_type, run,
+                                                 lambda out, r: run_sync(out, r, list(simpletuner.CATEGORIES)))
+        return web.json_response(doc, status=status)
+
+    @server.routes.get("/sd35wb/simpletuner/events")
+    async def simpletuner_events(request):
+        try:
+            since, wait = webhook.events_query(request.query.get("since"), request.query.get("wait"))
+        except webhook.WebhookError as e:
+            return error(str(e), e.field)
+        run = request.query.get("run") or None
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:  # a long poll that holds no thread: a follower hears of a checkpoint within 0.1 s
+            events, last = webhook.EVENTS.since(since, run)
+            if events or asyncio.get_running_loop().time() >= deadline:
+                return web.json_response({"events": events, "last": last, "boot": webhook.EVENTS.boot})
+            await asyncio.sleep(0.1)

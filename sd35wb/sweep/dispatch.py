@@ -16,6 +16,7 @@ import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import scoring
 from .client import PromptError, Result, Server, ServerGone, output_images
 from .plan import DEFAULT_MAX_IMAGES, Axis, Cell, PlanSize, check_size, fingerprint, format_value, labels_for, plan, plan_size
 from .state import SweepState
@@ -40,6 +41,7 @@ class SweepResult:
     rendered: int = 0
     servers: dict[Cell, str] = field(default_factory=dict)  # cell -> server url that rendered it
     throughput: dict[str, list[float]] = field(default_factory=dict)  # url -> seconds per image it rendered
+    scores: dict[Cell, list[dict]] = field(default_factory=dict)  # with --scores: each image's scores (scoring.py)
 
 
 class Sweep:
@@ -49,6 +51,8 @@ class Sweep:
                  lora: bool = False, lora_node: str | None = None, strengths: list[float] | None = None,
                  axes: list[str] | None = None, max_images: int = DEFAULT_MAX_IMAGES):
         self.prompt, self.models, self.out, self.log = prompt, models, Path(out), log
+        self.scoring = None  # a scoring.ScoreSpec: every queued workflow scores its images on its server
+        self.held: list[bool] = []  # which prompts are marked '[held out]' (drift)
         self.lora = find_lora_loader(prompt, lora_node) if lora else None
         self.loader = None if lora else find_loader(prompt, loader_node)
         if strengths and not lora:
@@ -157,7 +161,8 @@ class Sweep:
         return fingerprint(self.signature, cell.model, cell.prompt, cell.seed, *cell.key_parts())
 
     def prompt_for(self, cell: Cell) -> dict:
-        return self.edits.apply(self.prompt, cell)
+        p = self.edits.apply(self.prompt, cell)
+        return scoring.add_to(p, self.scoring, cell.prompt, self.output_node) if self.scoring else p
 
     def cell_name(self, cell: Cell) -> str:
         parts = [self.labels[cell.model]]
@@ -182,7 +187,7 @@ class Sweep:
         if not ims:
             return self.fail(cell, "the prompt finished without an image output (end the workflow in SaveImage)",
                              server.url)
-        self.store(cell, [call(server.view, im) for im in ims], server.url, seconds)
+        self.store(cell, [call(server.view, im) for im in ims], server.url, seconds, scoring.read(res.outputs))
 
     def file_for(self, cell: Cell, b: int) -> Path:
         name = _safe(self.labels[cell.model])
@@ -193,9 +198,10 @@ class Sweep:
             name += "-a" + fingerprint([list(a) for a in cell.axes])[:8]
         return self.images_dir / f"{name}-{b + 1}.png"
 
-    def store(self, cell: Cell, images: list[bytes], url: str, seconds: float | None = None) -> bool:
-        """Write one cell's images and record them; False (nothing written) when the cell is done
-        already, e.g. a retried render that finished twice."""
+    def store(self, cell: Cell, images: list[bytes], url: str, seconds: float | None = None,
+              scores: list[dict] | None = None) -> bool:
+        """Write one cell's images (and their scores) and record them; False (nothing written) when the
+        cell is done already, e.g. a retried render that finished twice."""
         with self._lock:
             if cell in self.result.files:
                 return False
@@ -209,9 +215,12 @@ class Sweep:
                 files.append(f)
             self.state.record(self.key(cell), files, model=cell.model, prompt=cell.prompt, seed=cell.seed,
                               **({"strength": cell.strength} if cell.strength is not None else {}),
-                              **({"axes": [list(a) for a in cell.axes]} if cell.axes else {}))
+                              **({"axes": [list(a) for a in cell.axes]} if cell.axes else {}),
+                              **({"scores": scores} if scores is not None else {}))
             r = self.result
             r.files[cell] = files
+            if scores is not None:
+                r.scores[cell] = scores
             r.failures.pop(cell, None)
             r.servers[cell] = url
             r.rendered += 1
@@ -238,14 +247,23 @@ class Sweep:
         if self.size is None:
             self.prepare()
         dispatch = dispatch or run_local
-        self.state.acquire()
+        held = self.state._lockfile is not None  # a follower holds the lock across its batches
+        if not held:
+            self.state.acquire()
         try:
             todo: dict[str, list[Cell]] = {}
             for cell in self.cells:
+                if cell in self.result.files:  # rendered by an earlier batch of this sweep (follow): not a resume
+                    continue
                 files = self.state.done(self.key(cell))
+                kept = self.state.cells.get(self.key(cell), {}).get("scores")
+                if files and self.scoring and kept is None:
+                    files = None  # rendered before without --scores: rendered again, now scored
                 if files:
                     self.result.files[cell] = [Path(f) for f in files]
                     self.result.reused += 1
+                    if kept is not None:
+                        self.result.scores[cell] = kept
                 else:
                     todo.setdefault(cell.model, []).append(cell)
             groups = list(todo.items())
@@ -270,7 +288,8 @@ class Sweep:
                 self.say(f"no server left: {sum(len(c) for _, c in left)} image(s) not rendered; run the same "
                          "command again to resume")
         finally:
-            self.state.release()
+            if not held:
+                self.state.release()
         return self.result
 
     def cancel(self) -> None:
