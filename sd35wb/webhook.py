@@ -70,15 +70,19 @@ class EventLog:
             return out, self._next - 1
 
     def remember_job(self, job_id, output_dir: str, run: str | None) -> None:
-        if isinstance(job_id, str) and job_id:
-            with self._lock:
-                self._jobs[job_id[:200]] = (output_dir, run)
-                while len(self._jobs) > MAX_EVENTS:
-                    self._jobs.pop(next(iter(self._jobs)))
-
-    def job(self, job_id) -> tuple[str, str | None] | None:
+        """By job id, and by the callback's run name: SimpleTuner sends job_id null unless
+        SIMPLETUNER_JOB_ID is set."""
         with self._lock:
-            return self._jobs.get(job_id) if isinstance(job_id, str) else None
+            for key in ([f"job:{job_id[:200]}"] if isinstance(job_id, str) and job_id else []) + [f"run:{run}"]:
+                self._jobs.pop(key, None)
+                self._jobs[key] = (output_dir, run)
+            while len(self._jobs) > MAX_EVENTS:
+                self._jobs.pop(next(iter(self._jobs)))
+
+    def job(self, job_id, run: str | None = None) -> tuple[str, str | None] | None:
+        with self._lock:
+            found = self._jobs.get(f"job:{job_id}") if isinstance(job_id, str) and job_id else None
+            return found or self._jobs.get(f"run:{run}")
 
 
 EVENTS = EventLog()
@@ -128,7 +132,7 @@ def checkpoint_target(path, final: bool = False) -> tuple[str, int | None]:
     raise WebhookError(f"checkpoint.path: {name!r} is not a checkpoint-N folder", field="checkpoint.path")
 
 
-def interpret(doc: dict, log: EventLog) -> tuple[str, str | None, int | None, bool, str | None] | str:
+def interpret(doc: dict, log: EventLog, run: str | None = None) -> tuple[str, str | None, int | None, bool, str | None] | str:
     """(what, output_dir, step, final, checkpoint path) for an event that asks for a sync, or the reason
     it is ignored."""
     t = event_type(doc)
@@ -152,7 +156,7 @@ def interpret(doc: dict, log: EventLog) -> tuple[str, str | None, int | None, bo
         if key == "model_save" and _FINALIZING.match(msg):
             return "model_save", _FINALIZING.match(msg).group(1).strip(), None, False, None
         if key == "training_complete" and status == "completed":
-            known = log.job(job)
+            known = log.job(job, run)
             if known is None:
                 return (f"training_complete of job {_text(job, 80)!r}: no checkpoint event of that job was seen "
                         "(the final save is linked by the next sync)")
@@ -166,7 +170,7 @@ def handle(body: bytes, content_type: str | None, run: str | None, sync, log: Ev
     as the Sync now route runs it (training roots, names, lock); nothing is linked on any refusal."""
     try:
         doc = parse(body, content_type)
-        what = interpret(doc, log)
+        what = interpret(doc, log, run)
     except WebhookError as e:
         return e.status, {"error": str(e), "field": e.field}
     if isinstance(what, str):
@@ -188,7 +192,7 @@ def handle(body: bytes, content_type: str | None, run: str | None, sync, log: Ev
         log.remember_job(job, output_dir, run)
         return 202, {"ignored": "model_save: the final save has begun; linked on training_complete"}
     if kind == "training_complete":
-        output_dir, run = log.job(job) or (output_dir, run)
+        output_dir, run = log.job(job, run) or (output_dir, run)
     try:
         report = sync(output_dir, run)
     except linker.LinkError as e:

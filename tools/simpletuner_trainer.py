@@ -19,7 +19,6 @@ import shutil
 import time
 import urllib.error
 import urllib.request
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -61,7 +60,7 @@ class Trainer:
         self.out = Path(output_dir)
         self.weights, self.limit, self.webhook = weights, limit, webhook
         self.half_pause, self.marker_pause = half_pause, marker_pause
-        self.job_id = uuid.uuid4().hex[:12]
+        self.job_id = None  # what SimpleTuner sends unless SIMPLETUNER_JOB_ID is set
         self.times: dict = {}
         self.rotated: list[int] = []
         self.answers: list[tuple[int, dict]] = []

@@ -41,3 +41,10 @@ def test_slg_explorer_full_runs_both_explorer_paths_to_their_equality_check():
     assert re.search(r"explorer / \(CFG run \+ 3 SLG runs\): \S+ measured; joint-block rows \d+ vs \d+ = \S+; MMDiT "
                      r"forward calls 6 vs 24", out), out[-3000:]
     assert "sensitivity map ('each', 1 probe), whole run" in out and "\nOK\n" in out
+
+
+def test_sweep_follow_measures_both_ways_of_hearing_of_a_checkpoint():
+    out = bench("sweep_follow.py", "--checkpoints", "1")
+    for mode in ("poll", "webhook"):
+        assert re.search(rf"{mode}: follow latency to the grid median \S+ s .* \(target <= 2.0 s, median of 1\)", out), \
+            out[-3000:]
