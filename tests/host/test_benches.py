@@ -1,4 +1,4 @@
-"""Host tier: the SLG benches run to the end on the real host at their smallest settings.
+"""Host tier: the SLG benches and the sweep scores bench run to the end on the real host at their smallest settings.
 
 A bench that crashes measures nothing, and nothing else runs them: ``slg_speed.py`` and
 ``slg_explorer_full.py`` both crashed for a while after ``build_guider`` began returning its SLG
@@ -41,6 +41,14 @@ def test_slg_explorer_full_runs_both_explorer_paths_to_their_equality_check():
     assert re.search(r"explorer / \(CFG run \+ 3 SLG runs\): \S+ measured; joint-block rows \d+ vs \d+ = \S+; MMDiT "
                      r"forward calls 6 vs 24", out), out[-3000:]
     assert "sensitivity map ('each', 1 probe), whole run" in out and "\nOK\n" in out
+
+
+def test_sweep_scores_smoke_reaches_its_time_and_memory_checks():
+    out = bench("sweep_scores.py", "--smoke")
+    assert re.search(r"wall: render s/image \S+ \(\S+\); CLIP s/image \S+ \(\S+\); DINOv2 s/image \S+ \(\S+\); "
+                     r"scoring / render \S+", out), out[-3000:]
+    assert "the same images in every run: yes" in out, out[-3000:]
+    assert "scoring models resident after scoring: none" in out and "smoke: OK" in out, out[-3000:]
 
 
 def test_sweep_follow_measures_both_ways_of_hearing_of_a_checkpoint():
