@@ -197,3 +197,41 @@ def test_a_trainer_that_pushes_its_webhook_is_followed_without_disk_syncs(server
                                                                 f"{run}/{run}-final.safetensors"]
     r = cli("--workflow", wf, "--lora-run", run, "--until-step", "5", "--server", server.url, "--out", out)
     assert r.returncode == 2 and "--until-step: only with --follow" in r.stderr, r.stderr
+
+
+def test_two_servers_follow_one_run_each_linking_it_in_its_own_models_folder(server, tiny_models, user_models,
+                                                                            training_root, tmp_path):
+    from sweep_helpers import start_server
+
+    run = "two-server-run"
+    out_dir = training_root / run
+    trainer = Trainer(out_dir, lora_fixtures.build_all()["sd3-peft"].read_bytes(), limit=5, half_pause=0.05,
+                      marker_pause=0.05)
+    other = start_server(tmp_path / "second", tiny_models, user_models, training_root)
+    try:
+        wf = _workflow(tmp_path / "two.json", "two")
+        out = tmp_path / "two.png"
+        proc = cli("--workflow", wf, "--lora-run", run, "--follow", out_dir, "--server", server.url, "--server",
+                   other.url, "--out", out, "--poll", "2", popen=True)
+        try:
+            assert "follow: watching" in "".join(proc.stdout.readline() for _ in range(2))
+            trainer.save(10)  # two checkpoints within one poll: one batch, one checkpoint per server
+            trainer.save(20)
+            _wait_state(out, f"{run}/checkpoint-20.safetensors", proc)
+            _wait_state(out, f"{run}/checkpoint-10.safetensors", proc)
+            trainer.final()
+            rest, _ = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        lora_lists = [_loras for _loras in (s.get_json("/object_info/LoraLoaderModelOnly")["LoraLoaderModelOnly"]
+                                            ["input"]["required"]["lora_name"][0] for s in (server, other))]
+    finally:
+        other.stop()
+    assert proc.returncode == 0, rest
+    assert all(f"{run}/checkpoint-10.safetensors" in names for names in lora_lists), "each server linked the run"
+    assert all((s.base / "models" / "loras" / run / ".sd35wb-links.json").is_file() for s in (server, other))
+    assert f"({server.url};" in rest and f"({other.url};" in rest, rest
+    assert sorted(e["model"] for e in _state(out).values()) == [f"{run}/checkpoint-10.safetensors",
+                                                                f"{run}/checkpoint-20.safetensors",
+                                                                f"{run}/{run}-final.safetensors"]
