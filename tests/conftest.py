@@ -163,5 +163,5 @@ def chromium_path() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if not path:
         # in CI the skip becomes a failure (pytest_runtest_makereport)
-        pytest.skip("chromium not installed: `sudo apt-get install chromium` (scripts/setup.sh does it where apt is available)")
+        pytest.skip("chromium not installed: `sudo apt-get install chromium` (`bash scripts/setup.sh --browser`, which `make test` runs, does it where apt is available)")
     return path
