@@ -10,8 +10,9 @@ from .plan import column_labels, row_label, validation_columns
 
 
 def draw(result, sweep, out: Path, max_tile: int = grid.MAX_TILE, page_width: int = grid.MAX_PAGE,
-         validation_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Rows: checkpoints (x strength); columns: prompt x seed x axis values x batch image."""
+         validation_dir: str | os.PathLike | None = None, notes: dict | None = None) -> list[Path]:
+    """Rows: checkpoints (x strength); columns: prompt x seed x axis values x batch image; ``notes``: a
+    short line (the scores) under each row's label, by row."""
     from PIL import Image
 
     batch = max([len(f) for f in result.files.values()] or [1])
@@ -38,7 +39,8 @@ def draw(result, sweep, out: Path, max_tile: int = grid.MAX_TILE, page_width: in
         with Image.open(f) as im:
             sizes.append(im.size)
     pages = grid.sweep_pages(rows, [row_label(n, st) for n, (_, st) in zip(names, result.rows)], labels,
-                             grid.tile_size(sizes or [(max_tile, max_tile)], max_tile), max_width=page_width)
+                             grid.tile_size(sizes or [(max_tile, max_tile)], max_tile), max_width=page_width,
+                             row_notes=[notes.get(r, "") for r in result.rows] if notes else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if len(pages) == 1 else [out.with_name(f"{out.stem}-page{k + 1}{out.suffix}") for k in range(len(pages))]
     for page, p in zip(pages, paths):

@@ -27,6 +27,7 @@ import urllib.error
 import uuid
 from pathlib import Path
 
+from . import scoring
 from .client import PromptError, Server, output_images
 from .dispatch import call_with_retries
 
@@ -230,7 +231,8 @@ class ComfyWorker:
         ims = output_images(res.outputs, output_node)
         if not ims:
             return "error", "the prompt finished without an image output (end the workflow in SaveImage)", 0.0, self.node
-        return "ok", [call_with_retries(self.server.view, im) for im in ims], time.time() - t0, self.node
+        return ("ok", [call_with_retries(self.server.view, im) for im in ims], time.time() - t0, self.node,
+                scoring.read(res.outputs))
 
     def cancel(self) -> int:
         """Ctrl-C: this sweep's prompts off the server (queued dequeued, running interrupted)."""
@@ -389,7 +391,7 @@ def _drive(ray, sweep, groups, actors, infos):
                     continue
                 i, model, cell = refs.pop(ref)
                 try:
-                    status, payload, _, node = ray.get(ref)
+                    status, payload, _, node, *scored = ray.get(ref)
                 except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
                     cause = getattr(e, "cause", None)
                     alive.discard(i)
@@ -404,7 +406,7 @@ def _drive(ray, sweep, groups, actors, infos):
                 now = time.time()  # seconds per image: from its hand-out, or from this actor's image before it
                 secs, last[i] = now - max(last.get(i, 0.0), sent.pop(ref)), now
                 if status == "ok":
-                    if sweep.store(cell, payload, names[i], secs):
+                    if sweep.store(cell, payload, names[i], secs, scored[0] if scored else None):
                         done[i].append(secs)
                         progress.step()
                 elif payload != "cancelled":
