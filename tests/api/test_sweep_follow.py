@@ -154,14 +154,29 @@ def test_follow_renders_each_finished_checkpoint_once_survives_kill_and_stops_at
     assert page.shape[0] >= 5 * PX and page.shape[0] < 6 * PX + 200, "5 rows: 100, 200, 300, 500, final"
 
 
-def test_a_trainer_that_pushes_its_webhook_is_followed_without_disk_syncs(server, training_root, tmp_path):
+def _scored_rows(out) -> list[str]:
+    try:
+        return [r["label"] for r in json.loads(out.with_name(out.stem + ".scores.json").read_text())["rows"]]
+    except (OSError, ValueError):
+        return []
+
+
+def test_a_trainer_that_pushes_its_webhook_is_followed_without_disk_syncs(server, training_root, user_models, tmp_path):
+    from tools.score_fixtures import write_tiny_dino, write_training_images
+
+    write_tiny_dino(user_models / "clip_vision" / "dinov2-tiny")
+    train = training_root / "push-run-images"
+    write_training_images(train, n=2)
     run = "push-run"
     trainer = Trainer(training_root / run, lora_fixtures.build_all()["sd3-peft"].read_bytes(), limit=3,
                       webhook=f"{server.url}/sd35wb/simpletuner/webhook?run={run}", half_pause=0.1, marker_pause=0.1)
     wf = _workflow(tmp_path / "push.json", "push")
     out = tmp_path / "push.png"
     # No OUTPUT_DIR (the follower links nothing) and a 60 s poll: only the webhook's events can make it quick.
-    args = ["--workflow", wf, "--lora-run", run, "--follow", "--server", server.url, "--out", out, "--poll", "60"]
+    # scored as they land: the scoreboard and scores grow a row per checkpoint (memorisation: no text prompt here)
+    args = ["--workflow", wf, "--lora-run", run, "--follow", "--server", server.url, "--out", out, "--poll", "60",
+            "--scores", "--clip-model", "none", "--dino-model", "dinov2-tiny/model.safetensors", "--training-images",
+            str(train)]
     proc = cli(*args, popen=True)
     try:
         line = proc.stdout.readline()
@@ -171,6 +186,11 @@ def test_a_trainer_that_pushes_its_webhook_is_followed_without_disk_syncs(server
             trainer.save(step)
             _wait_state(out, f"{run}/checkpoint-{step}.safetensors", proc, timeout=30)
         assert time.time() - t0 < 40, "the events, not the 60 s poll, woke the follower"
+        deadline = time.time() + 20
+        while _scored_rows(out) != ["checkpoint-10", "checkpoint-20"]:
+            assert time.time() < deadline, f"the scores never showed both landed checkpoints: {_scored_rows(out)}"
+            time.sleep(0.1)
+        assert out.with_name("push-scoreboard.png").is_file()
         proc.send_signal(signal.SIGINT)  # Ctrl-C: exit 130, the grid written, resumable
         rest, _ = proc.communicate(timeout=30)
     finally:
@@ -195,6 +215,10 @@ def test_a_trainer_that_pushes_its_webhook_is_followed_without_disk_syncs(server
     assert sorted(e["model"] for e in _state(out).values()) == [f"{run}/checkpoint-10.safetensors",
                                                                 f"{run}/checkpoint-20.safetensors",
                                                                 f"{run}/{run}-final.safetensors"]
+    doc = json.loads(out.with_name("push.scores.json").read_text())
+    assert [r["label"] for r in doc["rows"]] == ["checkpoint-10", "checkpoint-20", f"{run}-final"], "each row once"
+    assert all(r["scores"]["memorisation"]["n"] == 1 and r["scores"]["memorisation"]["nearest"].startswith("train_")
+               for r in doc["rows"])
     r = cli("--workflow", wf, "--lora-run", run, "--until-step", "5", "--server", server.url, "--out", out)
     assert r.returncode == 2 and "--until-step: only with --follow" in r.stderr, r.stderr
 
