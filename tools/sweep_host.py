@@ -70,3 +70,28 @@ def checkpoint_run(models_dir: Path, n: int, run: str = "bench-run") -> list[str
         shutil.copyfile(src, folder / f"checkpoint-{100 * (i + 1)}.safetensors")
         names.append(f"{run}/checkpoint-{100 * (i + 1)}.safetensors")
     return names
+
+
+def lora_workflow(px: int = 64, prefix: str = "lora_sweep", clip_name: str | None = None, steps: int = 2) -> dict:
+    """An API-format LoRA-run workflow on the tiny models, as a user exports it for the sweep CLI: the tiny
+    SD3.5 base, a LoraLoaderModelOnly (the file the sweep swaps), test conditioning (or, with ``clip_name``, a
+    CLIPTextEncode through that text encoder, for real prompts), taesd3, SaveImage."""
+    positive = ({"class_type": "CLIPTextEncode", "inputs": {"text": "placeholder", "clip": ["10", 0]}} if clip_name else
+                {"class_type": "SD35WBTest_Conditioning", "inputs": {"family": "sd3", "seed": 1, "width": px, "height": px}})
+    p = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-sd35m.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0], "lora_name": "any.safetensors",
+                                                               "strength_model": 1.0}},
+        "3": positive,
+        "4": {"class_type": "SD35WBTest_Conditioning", "inputs": {"family": "sd3", "seed": 2, "width": px, "height": px}},
+        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": px, "height": px, "batch_size": 1}},
+        "6": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["4", 0],
+                                                   "latent_image": ["5", 0], "seed": 5, "steps": steps, "cfg": 4.0,
+                                                   "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
+        "7": {"class_type": "VAELoader", "inputs": {"vae_name": "taesd3"}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["7", 0]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}},
+    }
+    if clip_name:
+        p["10"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": clip_name, "type": "sd3", "device": "default"}}
+    return p
