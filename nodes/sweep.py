@@ -234,6 +234,9 @@ class CheckpointSweep(io.ComfyNode):
                 io.Image.Output("scoreboard", display_name="scoreboard",
                                 tooltip="With a scorer: every score against training step, one panel per score, "
                                         "strengths as lines, the base dashed, the recommended checkpoint marked."),
+                io.String.Output("scores_csv", display_name="scores_csv",
+                                 tooltip="With a scorer: the same scores as CSV, one line per row (for a spreadsheet; "
+                                         "the CLI writes it next to its grid)."),
             ],
         )
 
@@ -435,7 +438,8 @@ class CheckpointSweep(io.ComfyNode):
         images, grid_t, labels = cls._draw(names, texts, seeds, cells, decoded, skipped, paths, validation_images,
                                            max_tile, page_width, swept, notes)
         return io.NodeOutput(images, grid_t, labels, report, json.dumps(doc) if doc else "",
-                             board if board is not None else torch.zeros(1, 64, 64, 3), ui={"text": [report]})
+                             board if board is not None else torch.zeros(1, 64, 64, 3),
+                             scoreboard.scores_csv(doc) if doc else "", ui={"text": [report]})
 
     @staticmethod
     def _report(size, lora, names, weights, swept, fixed, skipped, stats, n_seeds, n_prompts, extra=()) -> str:

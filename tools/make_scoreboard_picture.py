@@ -65,7 +65,7 @@ def main() -> None:
                                      prompts="\n".join(PROMPTS), clip=clip, seed=42, seed_count=2, steps=4, cfg=5.0,
                                      sampler_name="euler", scheduler="sgm_uniform", max_tile=128, model=base,
                                      strengths="0, 0.8, 1", scorer=scorer)
-        _, pages, _, report, scores_json, board = out.result
+        _, pages, _, report, scores_json, board, _csv = out.result
         OUT.mkdir(parents=True, exist_ok=True)
         for name, t in (("scoreboard.png", board[0]), ("sweep_scores_grid.png", pages[0])):
             Image.fromarray((t.numpy() * 255).round().clip(0, 255).astype(np.uint8)).save(OUT / name)

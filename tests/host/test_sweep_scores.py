@@ -6,6 +6,7 @@ the scoreboard picture, the report's recommendation and its rule."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -57,8 +58,10 @@ def _sweep(host, setup, scorer, **kw):
 
 
 def test_a_lora_sweep_with_scores_reports_every_score_and_recommends_a_checkpoint(host, setup):
-    images, pages, labels, report, scores_json, board = _sweep(host, setup, _scorer(host))
+    images, pages, labels, report, scores_json, board, scores_csv = _sweep(host, setup, _scorer(host))
     doc = json.loads(scores_json)
+    table = list(csv.DictReader(scores_csv.splitlines()))
+    assert [(r["label"], float(r["strength"])) for r in table] == [("sd3-peft", 0.0), ("sd3-peft", 1.0)]
     assert list(doc["metrics"]) == ["clip", "diversity", "drift"], "no training images: no memorisation"
     rows = {(r["label"], r["strength"]): r for r in doc["rows"]}
     assert set(rows) == {("sd3-peft", 0.0), ("sd3-peft", 1.0)}
@@ -87,7 +90,7 @@ def test_memorisation_names_the_training_image_a_render_copies(host, setup, trai
     copied = images[5].numpy()  # a strength-1 render (rows: strength 0, then 1; 2 prompts x 2 seeds each)
     Image.fromarray((copied * 255).clip(0, 255).astype(np.uint8)).save(setup["train"] / "copied.png")
     Image.fromarray(np.full((PX, PX, 3), 128, np.uint8)).save(setup["train"] / "grey.png")
-    _, _, _, report, scores_json, _ = _sweep(host, setup, _scorer(host, training_images=str(setup["train"])))
+    _, _, _, report, scores_json, *_ = _sweep(host, setup, _scorer(host, training_images=str(setup["train"])))
     doc = json.loads(scores_json)
     mem = {(r["label"], r["strength"]): r["scores"]["memorisation"] for r in doc["rows"]}
     assert mem[("sd3-peft", 1.0)]["max"] == pytest.approx(1.0, abs=2e-3)
