@@ -197,6 +197,8 @@ class Scorer:
 
     def bank(self, pbar=None) -> tuple[list[str], np.ndarray] | None:
         """The training images' DINOv2 embeddings (cached on disk by model and file identity)."""
+        if not self.training_files() and self.training_raw:
+            self.find_training(None)  # a folder given by name needs no run
         files = self.training_files()
         if not files or self.dino() is None:
             return None
