@@ -80,8 +80,9 @@ def _in_thread(fn, *a):
     return t
 
 
-def _busy(server, wf, steps=12):
-    """Someone else's prompt at the head of the server's queue: seconds of work (6 times our image's)."""
+def _busy(server, wf, steps=300):
+    """Someone else's prompt at the head of the server's queue: seconds of work (150 times our image's), so a
+    checkpoint queued behind it waits long enough to be rotated away first, however fast the machine."""
     p = json.loads(wf.read_text())
     p["6"]["inputs"].update(model=["1", 0], steps=steps, seed=int(time.time()))
     del p["2"]
