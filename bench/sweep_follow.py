@@ -35,27 +35,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO))
 
+from tools.sweep_host import lora_workflow  # noqa: E402 - after the repository is on sys.path
+
 TARGET = 2.0
 POLL = 2.0  # the CLI's default --poll
 
 
 def _workflow(path: Path) -> Path:
-    px = 64
-    p = {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-sd35m.safetensors", "weight_dtype": "default"}},
-        "2": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0], "lora_name": "any.safetensors",
-                                                               "strength_model": 1.0}},
-        "3": {"class_type": "SD35WBTest_Conditioning", "inputs": {"family": "sd3", "seed": 1, "width": px, "height": px}},
-        "4": {"class_type": "SD35WBTest_Conditioning", "inputs": {"family": "sd3", "seed": 2, "width": px, "height": px}},
-        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": px, "height": px, "batch_size": 1}},
-        "6": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["4", 0],
-                                                   "latent_image": ["5", 0], "seed": 5, "steps": 2, "cfg": 4.0,
-                                                   "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
-        "7": {"class_type": "VAELoader", "inputs": {"vae_name": "taesd3"}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["7", 0]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "bench_follow"}},
-    }
-    path.write_text(json.dumps(p))
+    path.write_text(json.dumps(lora_workflow(prefix="bench_follow")))
     return path
 
 

@@ -30,8 +30,6 @@ from ..sd35wb.linker import ROOTS_ENV
 from . import _compat as C
 
 LOG = logging.getLogger("sd35-workbench")
-HUB_CLIP = "openai/clip-vit-large-patch14-336"
-HUB_CHOICE = f"{HUB_CLIP} (Hugging Face cache / fetch)"
 
 
 class ScoringModelError(ValueError):
@@ -164,13 +162,6 @@ class Scorer:
 
     def training_files(self) -> list[str]:
         return self.training or self._found or []
-
-    def describe(self) -> str:
-        parts = [f"CLIP {os.path.basename(str(self.clip_path).rstrip('/')) if self.clip_path else 'off'}",
-                 f"DINOv2 {os.path.basename(self.dino_path) if self.dino_path else 'off (CLIP image embeddings for diversity/drift)'}",
-                 f"{len(self.training_files())} training images" if self.training_files() else
-                 "memorisation off (no training images)"]
-        return "scoring: " + "; ".join(parts)
 
     def find_training(self, run_dir) -> None:
         """Resolve the training images once the sweep knows its run (the linker's training-roots rule)."""

@@ -32,9 +32,9 @@ def resolve_clip(choice: str) -> str | None:
     token) or a Hugging Face folder under models/clip_vision (its model.safetensors picked)."""
     if choice == "none":
         return None
-    if choice == _scoring.HUB_CHOICE:
+    if choice == scores.CLIP_HUB_CHOICE:
         try:
-            return hub.fetch_folder(_scoring.HUB_CLIP, what="clip_model")
+            return hub.fetch_folder(scores.CLIP_REPO, what="clip_model")
         except hub.HubError as e:
             raise ValueError(str(e)) from None
     path = folder_paths.get_full_path("clip_vision", choice)
@@ -44,8 +44,8 @@ def resolve_clip(choice: str) -> str | None:
     if not cfg or cfg.get("model_type") != "clip" or "text_config" not in cfg:
         raise ValueError(f"clip_model: {choice} is not a full CLIP model (text and vision towers, with its config.json, "
                          "tokenizer and preprocessor files beside it); a CLIP score needs the text tower, which "
-                         f"clip_vision files lack: pick '{_scoring.HUB_CHOICE}', or put the Hugging Face folder of "
-                         f"{hub.repo_url(_scoring.HUB_CLIP)} under models/clip_vision/ and pick its model.safetensors")
+                         f"clip_vision files lack: pick '{scores.CLIP_HUB_CHOICE}', or put the Hugging Face folder of "
+                         f"{hub.repo_url(scores.CLIP_REPO)} under models/clip_vision/ and pick its model.safetensors")
     return os.path.dirname(path)
 
 
@@ -75,9 +75,9 @@ class SweepScores(io.ComfyNode):
                 "the base on prompts marked '[held out]'. Connect to the sweep's 'scorer'. The models load only while "
                 "scoring and leave the GPU before the next checkpoint renders."),
             inputs=[
-                io.Combo.Input("clip_model", options=["none", _scoring.HUB_CHOICE, *clip_vision_files()],
-                               default=_scoring.HUB_CHOICE, tooltip=(
-                                   f"Prompt adherence. '{_scoring.HUB_CHOICE}': SimpleTuner's default evaluation model, "
+                io.Combo.Input("clip_model", options=["none", scores.CLIP_HUB_CHOICE, *clip_vision_files()],
+                               default=scores.CLIP_HUB_CHOICE, tooltip=(
+                                   f"Prompt adherence. '{scores.CLIP_HUB_CHOICE}': SimpleTuner's default evaluation model, "
                                    "public (no token), about 1.7 GB, fetched once into the Hugging Face cache; or the "
                                    "model.safetensors of a Hugging Face CLIP folder under models/clip_vision. 'none': "
                                    "no CLIP score.")),

@@ -431,7 +431,8 @@ class CheckpointSweep(io.ComfyNode):
         decoded = cls._decode(cells, samples, vae, skipped)
         doc, notes, board = None, None, None
         if scorer is not None:
-            doc = score_sweep(scorer, names, cells, decoded, texts if held else None, held, lora, base_name, paths)
+            prompted = bool(prompts.strip())  # else texts is the placeholder of the 'positive' input: no CLIP score
+            doc = score_sweep(scorer, names, cells, decoded, texts if prompted else None, held, lora, base_name, paths)
             report += "\n" + "\n".join(scores.report_lines(doc))
             notes = {(r["model"], r["strength"]): scoreboard.row_note(r) for r in doc["rows"]}
             board = torch.from_numpy(grid.to_array(scoreboard.draw_scoreboard(doc)))[None]

@@ -29,6 +29,10 @@ import numpy as np
 
 VERSION = 1
 
+# SimpleTuner's default --pretrained_evaluation_model_name_or_path, and how the node and the CLI name it
+CLIP_REPO = "openai/clip-vit-large-patch14-336"
+CLIP_HUB_CHOICE = f"{CLIP_REPO} (Hugging Face cache / fetch)"
+
 METRICS = {
     "clip": {"label": "prompt adherence (CLIP score)", "better": "higher", "unit": "0-100"},
     "memorisation": {"label": "memorisation (DINOv2 cosine to nearest training image)", "better": "lower",

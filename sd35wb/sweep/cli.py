@@ -82,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
                     help="score every image on the server that renders it (CLIP prompt adherence as SimpleTuner's "
                          "evaluation, memorisation, seed diversity, drift on '[held out]' prompts); writes "
                          "<out>.scores.json, <out>.scores.csv and <out>-scoreboard.png and names the best checkpoint")
-    sc.add_argument("--clip-model", default=scoring.HUB_CLIP, metavar="NAME",
+    sc.add_argument("--clip-model", default=scores.CLIP_HUB_CHOICE, metavar="NAME",
                     help="a clip_vision file on the servers (a Hugging Face CLIP folder's model.safetensors), 'none', "
                          "or the default: SimpleTuner's openai/clip-vit-large-patch14-336 from the Hugging Face cache")
     sc.add_argument("--dino-model", default="none", metavar="NAME",

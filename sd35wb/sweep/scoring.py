@@ -17,7 +17,6 @@ from .plan import Cell, checkpoint_step
 
 SCORER_NODE = "sd35wb_scorer"
 SCORE_NODE = "sd35wb_score"
-HUB_CLIP = "openai/clip-vit-large-patch14-336 (Hugging Face cache / fetch)"  # the node's own choice text
 IMAGE_OUTPUTS = ("SaveImage", "PreviewImage")
 
 
@@ -25,7 +24,7 @@ IMAGE_OUTPUTS = ("SaveImage", "PreviewImage")
 class ScoreSpec:
     """The Sweep Scores node's inputs, from the CLI's flags."""
 
-    clip_model: str = HUB_CLIP
+    clip_model: str = scores.CLIP_HUB_CHOICE
     dino_model: str = "none"
     training_images: str = ""
     max_memorisation: float = scores.THRESHOLDS["max_memorisation"][0]

@@ -20,26 +20,13 @@ from sweep_helpers import cli, wait_idle
 
 from tools import lora_fixtures
 from tools.simpletuner_trainer import Trainer
+from tools.sweep_host import lora_workflow
 
 PX = 64
 
 
 def _workflow(path, prefix: str):
-    p = {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-sd35m.safetensors", "weight_dtype": "default"}},
-        "2": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0], "lora_name": "any.safetensors",
-                                                               "strength_model": 1.0}},
-        "3": {"class_type": "SD35WBTest_Conditioning", "inputs": {"family": "sd3", "seed": 1, "width": PX, "height": PX}},
-        "4": {"class_type": "SD35WBTest_Conditioning", "inputs": {"family": "sd3", "seed": 2, "width": PX, "height": PX}},
-        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": PX, "height": PX, "batch_size": 1}},
-        "6": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["4", 0],
-                                                   "latent_image": ["5", 0], "seed": 5, "steps": 2, "cfg": 4.0,
-                                                   "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
-        "7": {"class_type": "VAELoader", "inputs": {"vae_name": "taesd3"}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["7", 0]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}},
-    }
-    path.write_text(json.dumps(p))
+    path.write_text(json.dumps(lora_workflow(PX, prefix)))
     return path
 
 
