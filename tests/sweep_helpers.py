@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -67,6 +68,23 @@ def wait_idle(srv, timeout=120):
     raise AssertionError(f"{srv.url} still busy after {timeout} s")
 
 
+def rest_of(proc, timeout: float) -> str:
+    """The rest of a CLI's output until it exits.
+
+    Not ``communicate(timeout=...)``: that reads the pipe's file descriptor itself, so whatever an
+    earlier ``readline()`` pulled into the text buffer along with its line is lost."""
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if reader.is_alive():
+        proc.kill()
+        reader.join(10)
+        raise AssertionError(f"still running after {timeout} s; output:\n" + "".join(got))
+    proc.wait(10)
+    return got[0]
+
+
 def wait_for(proc, pattern, lines, timeout=600):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -86,7 +104,7 @@ def interrupt_then_resume(server, args: list, out: Path, total: int, why: str) -
     lines = []
     wait_for(proc, lambda s: s.startswith(f"[2/{total}]"), lines)
     proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=120)
+    rest = rest_of(proc, 120)
     assert proc.returncode == 130, "".join(lines) + rest
     wait_idle(server)
     done = len(json.loads(out.with_name(out.stem + ".sweep.json").read_text())["cells"])

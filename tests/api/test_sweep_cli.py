@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sweep_helpers import PX, RUN, cli, executed, link, start_server, wait_for, wait_idle, workflow
+from sweep_helpers import PX, RUN, cli, executed, link, rest_of, start_server, wait_for, wait_idle, workflow
 
 from tools import simpletuner_fixtures as stf
 
@@ -25,7 +25,7 @@ def test_grid_over_two_servers_then_resume_after_ctrl_c(server, second_server, l
     lines = []
     wait_for(proc, lambda s: s.startswith("[2/12]"), lines)
     proc.send_signal(signal.SIGINT)  # Ctrl-C
-    rest, _ = proc.communicate(timeout=120)
+    rest = rest_of(proc, 120)
     lines += rest.splitlines(keepends=True)
     text = "".join(lines)
     assert proc.returncode == 130, text
@@ -82,7 +82,7 @@ def test_a_server_killed_mid_sweep_hands_its_work_to_the_other(server, linked, c
         lines = []
         wait_for(proc, lambda s: s.startswith("[") and f"({doomed.url};" in s, lines)
         doomed.proc.kill()  # the machine goes away mid-checkpoint
-        rest, _ = proc.communicate(timeout=600)
+        rest = rest_of(proc, 600)
     finally:
         doomed.stop()
     text = "".join(lines) + rest

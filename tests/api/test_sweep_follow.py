@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 from PIL import Image
-from sweep_helpers import cli, wait_idle
+from sweep_helpers import cli, rest_of, wait_idle
 
 from tools import lora_fixtures
 from tools.simpletuner_trainer import Trainer
@@ -92,7 +92,7 @@ def test_follow_renders_each_finished_checkpoint_once_survives_kill_and_stops_at
             _wait_state(out, f"{run}/checkpoint-{step}.safetensors", first)
             saving.join()
         first.kill()  # SIGKILL: no goodbye, the lock file's lock goes with the process
-        first.communicate(timeout=60)
+        first.wait(60)
     finally:
         if first.poll() is None:
             first.kill()
@@ -115,7 +115,7 @@ def test_follow_renders_each_finished_checkpoint_once_survives_kill_and_stops_at
         server.wait(busy, timeout=120)
         trainer.save(500)
         trainer.final()
-        rest, _ = second.communicate(timeout=180)
+        rest = rest_of(second, 180)
     finally:
         if second.poll() is None:
             second.kill()
@@ -180,7 +180,7 @@ def test_a_trainer_that_pushes_its_webhook_is_followed_without_disk_syncs(server
             time.sleep(0.1)
         assert out.with_name("push-scoreboard.png").is_file()
         proc.send_signal(signal.SIGINT)  # Ctrl-C: exit 130, the grid written, resumable
-        rest, _ = proc.communicate(timeout=30)
+        rest = rest_of(proc, 30)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -191,7 +191,7 @@ def test_a_trainer_that_pushes_its_webhook_is_followed_without_disk_syncs(server
         assert "follow: watching" in proc.stdout.readline()
         t0 = time.time()
         trainer.final()
-        rest, _ = proc.communicate(timeout=40)
+        rest = rest_of(proc, 40)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -232,7 +232,7 @@ def test_two_servers_follow_one_run_each_linking_it_in_its_own_models_folder(ser
             _wait_state(out, f"{run}/checkpoint-20.safetensors", proc)
             _wait_state(out, f"{run}/checkpoint-10.safetensors", proc)
             trainer.final()
-            rest, _ = proc.communicate(timeout=120)
+            rest = rest_of(proc, 120)
         finally:
             if proc.poll() is None:
                 proc.kill()
