@@ -11,7 +11,7 @@ import comfy.patcher_extension
 import comfy.samplers
 import folder_paths
 
-from ..sd35wb import finetune
+from ..sd35wb import finetune, prompt_graph
 from ._schedule_helpers import _model_sampling, is_flow
 
 LOG = logging.getLogger("sd35-workbench")
@@ -22,9 +22,13 @@ WARNING_KEY = "sd35wb_zsnr_sampler_warning"
 ZSNR_LIKE_SIGMA = 1000.0  # a first sigma this high is a zero-SNR stand-in (SDXL's own sigma_max is 14.6)
 
 
+FROM_LOADER = "the model's loader"  # no "/": never a folder/file name
+
+
 def detect_from_choices() -> list[str]:
-    """The files auto can read: ``checkpoints/<name>`` and ``diffusion_models/<name>`` (.safetensors)."""
-    out = ["none"]
+    """The files auto can read: ``checkpoints/<name>`` and ``diffusion_models/<name>`` (.safetensors),
+    or whichever file the loader upstream of the model picked."""
+    out = ["none", FROM_LOADER]
     for folder in ("checkpoints", "diffusion_models"):
         try:
             names = folder_paths.get_filename_list(folder)
@@ -34,7 +38,24 @@ def detect_from_choices() -> list[str]:
     return out
 
 
-def resolve_detect_from(choice: str) -> str:
+def resolve_detect_from(choice: str, prompt: dict | None = None, node_id: str | None = None) -> str:
+    """The path behind a ``detect_from`` choice; for FROM_LOADER, the file named by the loader that
+    ``node_id``'s model input comes from in ``prompt`` (the queued workflow)."""
+    if choice == FROM_LOADER:
+        if not isinstance(prompt, dict) or node_id is None:
+            raise ValueError(f"detect_from: {FROM_LOADER!r} reads the queued workflow, which this call did not get; "
+                             "pick the file itself in detect_from")
+        try:
+            src = prompt_graph.loaded_file(prompt, str(node_id))
+        except ValueError as e:
+            raise ValueError(f"detect_from: {FROM_LOADER!r}: {e}. Pick the model's file itself in detect_from "
+                             "(or none: 'auto' then follows what ComfyUI loaded).") from e
+        for folder in src.folders:
+            path = folder_paths.get_full_path(folder, src.name)
+            if path:
+                return path
+        raise ValueError(f"detect_from: the model's loader (node {src.node_id}, {src.class_type}) names "
+                         f"{src.name!r}, which is not in {' or '.join(src.folders)}/; pick the file in detect_from")
     folder, _, name = choice.partition("/")
     path = folder_paths.get_full_path(folder, name) if folder in ("checkpoints", "diffusion_models") and name else None
     if not path:

@@ -37,6 +37,7 @@ from ._schedule_helpers import (
 )
 from ._ztsnr_cfg import CondOnlyFirstStepsGuider, rescale_cfg_post
 from ._ztsnr_patch import (
+    FROM_LOADER,
     PREDICTION_CHOICES,
     ZSNR_CHOICES,
     apply_detection,
@@ -265,11 +266,14 @@ class ZTSNRModelPatch(io.ComfyNode):
                 io.Combo.Input("detect_from", options=detect_from_choices(), default="none", optional=True,
                                tooltip="The file the model was loaded from, read for 'auto' (header only): metadata "
                                        "and a SimpleTuner run's configs, beyond the marker keys ComfyUI reads. "
-                                       "none: 'auto' keeps what ComfyUI loaded. Explicit prediction / zsnr choices "
-                                       "win over what it says."),
+                                       f"{FROM_LOADER!r}: whichever file the loader upstream picked (through LoRA "
+                                       "loaders and patches), so swapping the checkpoint is one edit. none: 'auto' "
+                                       "keeps what ComfyUI loaded. Explicit prediction / zsnr choices win over what "
+                                       "it says."),
             ],
             outputs=[io.Model.Output(), io.String.Output(display_name="detected",
                                                          tooltip="What was detected (with sources) and applied.")],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],  # FROM_LOADER walks the queued workflow
         )
 
     @classmethod
@@ -277,7 +281,8 @@ class ZTSNRModelPatch(io.ComfyNode):
         _check_discrete(model, "SD35WB_ZTSNRModelPatch")
         detection = None
         if detect_from and detect_from != "none":
-            path = resolve_detect_from(detect_from)
+            hidden = cls.hidden  # None when called outside an execution (then FROM_LOADER says so)
+            path = resolve_detect_from(detect_from, getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None))
             try:
                 detection = finetune.detect_file(path)
             except ValueError as e:

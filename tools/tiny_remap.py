@@ -37,7 +37,8 @@ def _seed_of(text: str) -> int:
 def tinyify(prompt: dict, family: str | None = None, size: int = 128, max_steps: int = 4,
             extra_rules=None) -> dict:
     """A copy of ``prompt`` that runs on the tiny models. ``extra_rules(nid, node, family)`` may
-    edit nodes of a capability the generic rules don't know."""
+    edit nodes of a capability the generic rules don't know; its ``finish(prompt, family)``, if it
+    has one, runs last, for edits that span nodes."""
     p = copy.deepcopy(prompt)
     fam = family or family_of(p)
     new_id = max(int(k) for k in p if k.isdigit()) + 1 if p else 1
@@ -73,4 +74,7 @@ def tinyify(prompt: dict, family: str | None = None, size: int = 128, max_steps:
         for k, v in node["inputs"].items():
             if isinstance(v, list) and len(v) == 2 and (str(v[0]), v[1]) in rewire:
                 node["inputs"][k] = rewire[(str(v[0]), v[1])]
+    finish = getattr(extra_rules, "finish", None)
+    if finish is not None:
+        finish(p, fam)
     return p

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tools.demo import tiny_slg_rules
 
+FROM_LOADER = "the model's loader"  # nodes/_ztsnr_patch.py's choice (the node module needs the host)
+
 
 def template_rules(tiny_models: Path, user_models: Path, training_root: Path):
     """``rules(nid, node, family)`` for tinyify's ``extra_rules``; writes the files it needs once."""
@@ -50,15 +52,28 @@ def template_rules(tiny_models: Path, user_models: Path, training_root: Path):
             write_tiny_dino(user_models / "clip_vision" / "dinov2-tiny")
             node["inputs"].update(clip_model="openai-clip-tiny/model.safetensors",
                                   dino_model="dinov2-tiny/model.safetensors")
-        if node["class_type"] == "SD35WB_ZTSNRModelPatch" and node["inputs"].get("detect_from", "none") != "none":
-            # auto reads the tiny SDXL-family model saved with kohya v-pred zero-SNR metadata (same weights)
-            from tools.finetune_fixtures import convention_file
+        if node["class_type"] == "SD35WB_ZTSNRModelPatch" and "/" in node["inputs"].get("detect_from", "none"):
+            # a file picked in detect_from: the tiny SDXL-family model saved with kohya v-pred zero-SNR metadata
+            node["inputs"]["detect_from"] = f"diffusion_models/{kohya_file()}"
 
-            src = convention_file("kohya", tiny_models)
-            link = user_models / "diffusion_models" / src.name
-            if not os.path.lexists(link):
-                os.symlink(src, link)
-            node["inputs"]["detect_from"] = f"diffusion_models/{src.name}"
+    def finish(prompt: dict, family: str) -> None:
+        """The patch reads whatever its model's loader picked: that loader loads the kohya-metadata file."""
+        for node in prompt.values():
+            if node["class_type"] == "SD35WB_ZTSNRModelPatch" and node["inputs"].get("detect_from") == FROM_LOADER:
+                src = prompt[str(node["inputs"]["model"][0])]
+                assert src["class_type"] == "UNETLoader", src  # tinyify's stand-in for the template's loader
+                src["inputs"]["unet_name"] = kohya_file()
+
+    def kohya_file() -> str:
+        from tools.finetune_fixtures import convention_file
+
+        src = convention_file("kohya", tiny_models)
+        link = user_models / "diffusion_models" / src.name
+        if not os.path.lexists(link):
+            os.symlink(src, link)
+        return src.name
+
+    rules.finish = finish  # tinyify calls it once the whole prompt is tiny
 
     return rules
 

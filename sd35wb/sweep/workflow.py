@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+from ..prompt_graph import loaded_file
 from .plan import Axis, Cell, InputSpec, coerce, fingerprint, parse_axis_spec
 
 # Loader class -> the input naming its diffusion model (our SD3.5 loader takes checkpoints too).
@@ -71,13 +72,12 @@ def find_lora_loader(prompt: dict, node_id: str | None = None) -> str:
 
 
 def find_base_model(prompt: dict, lora_node: str) -> str | None:
-    """The diffusion-model file a LoRA loader patches, when its ``model`` comes straight from a loader."""
-    link = prompt[lora_node]["inputs"].get("model")
-    src = prompt.get(str(link[0])) if isinstance(link, list) else None
-    if src is None:
+    """The diffusion-model file a LoRA loader patches (its ``model`` input walked back to the loader)."""
+    try:
+        src = loaded_file(prompt, lora_node)
+    except ValueError:
         return None
-    value = src.get("inputs", {}).get(LOADERS.get(src.get("class_type"), "unet_name"))
-    return value if isinstance(value, str) else None
+    return src.name if "diffusion_models" in src.folders else None
 
 
 def find_seed(prompt: dict, node_id: str | None = None) -> tuple[str, str]:

@@ -55,6 +55,31 @@ def test_highsigma_sdxl_hires_workflow_runs_on_tiny_vega(server):
     assert server.images(entry, node_of(prompt, "SD35WB_HighSigmaScheduler"))
 
 
+
+def test_the_vpred_template_reads_whichever_file_its_loader_picked(server, workflow_fixtures):
+    """detect_from 'the model's loader': swapping the checkpoint is one edit, the loader's; a model
+    made by a node that is not a loader is an error naming that node."""
+    prompt = tinyify(load("finetune_auto_vpred_sdxl"), extra_rules=workflow_fixtures)
+    patch = node_of(prompt, "SD35WB_ZTSNRModelPatch")
+    assert prompt[patch]["inputs"]["detect_from"] == "the model's loader", "the template as shipped"
+    loader = prompt[patch]["inputs"]["model"][0]
+    text = server.run(prompt)["outputs"][patch]["text"][0]
+    assert "metadata ss_v_parameterization=True" in text and "applied: v_prediction" in text and "zsnr on" in text, \
+        text  # the kohya v-pred zero-SNR file the fixtures put on the loader
+    prompt[loader]["inputs"]["unet_name"] = "tiny-vega.safetensors"  # the one edit: a plain eps file
+    text = server.run(prompt)["outputs"][patch]["text"][0]
+    assert "applied: eps [auto: no marker key" in text and "zsnr off" in text, text
+    merge = str(max(int(k) for k in prompt) + 1)
+    prompt[merge] = {"class_type": "ModelMergeSimple", "inputs": {"model1": [loader, 0], "model2": [loader, 0],
+                                                                   "ratio": 0.5}}
+    prompt[patch]["inputs"]["model"] = [merge, 0]
+    with pytest.raises(PromptFailed) as e:
+        server.run(prompt)
+    msg = e.value.error["exception_message"]
+    assert msg.startswith(f"detect_from: \"the model's loader\": node {merge} (ModelMergeSimple) makes the model "
+                          "but is not a loader") and "Pick the model's file itself in detect_from" in msg, msg
+
+
 def sd3_prompt(**sched) -> dict:
     return {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny-sd35m.safetensors", "weight_dtype": "default"}},
