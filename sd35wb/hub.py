@@ -19,7 +19,9 @@ Plain module: ``huggingface_hub`` is imported lazily inside functions.
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,15 +103,15 @@ def endpoint_url(endpoint: str | None = None) -> str | None:
     return endpoint or os.environ.get("HF_ENDPOINT") or None
 
 
-def cached(repo: str, path: str, cache: str | None = None) -> str | None:
-    """The file from the hub cache (huggingface_hub's own lookup), or None."""
-    got = _hf().try_to_load_from_cache(repo, path, cache_dir=cache or hub_cache_dir())
+def cached(repo: str, path: str, cache: str | None = None, revision: str | None = None) -> str | None:
+    """The file from the hub cache (huggingface_hub's own lookup; ``revision`` default main), or None."""
+    got = _hf().try_to_load_from_cache(repo, path, cache_dir=cache or hub_cache_dir(), revision=revision)
     return got if isinstance(got, str) and os.path.isfile(got) else None
 
 
 def classify(exc: BaseException) -> str:
     """What a failed download means, by exception type: "disk_full", "gated", "refused",
-    "offline", "unreachable" or "other"."""
+    "offline", "unreachable", "missing" (the hub has no such file at that revision) or "other"."""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return "disk_full"
     try:
@@ -133,6 +135,8 @@ def classify(exc: BaseException) -> str:
             pass
     if isinstance(exc, tuple(transport)):
         return "unreachable"
+    if isinstance(exc, errors.EntryNotFoundError):  # 404 EntryNotFound (the local kind returned above)
+        return "missing"
     if isinstance(exc, errors.HfHubHTTPError):
         status = getattr(getattr(exc, "response", None), "status_code", None)
         return "refused" if status in (401, 403) else "other"
@@ -146,11 +150,12 @@ class DownloadFailed(HubError):
 
 
 def download(repo: str, path: str, cache: str | None = None, endpoint: str | None = None, token=None,
-             progress: Callable[[int, int], None] | None = None) -> str:
-    """hf_hub_download into the hub cache (HF_ENDPOINT honoured); raises DownloadFailed(kind)."""
+             progress: Callable[[int, int], None] | None = None, revision: str | None = None) -> str:
+    """hf_hub_download into the hub cache (HF_ENDPOINT honoured; ``revision`` default main); raises
+    DownloadFailed(kind)."""
     hub = _hf()
     try:
-        return hub.hf_hub_download(repo, path, token=token, cache_dir=cache or hub_cache_dir(),
+        return hub.hf_hub_download(repo, path, revision=revision, token=token, cache_dir=cache or hub_cache_dir(),
                                    endpoint=endpoint_url(endpoint),
                                    tqdm_class=_progress_tqdm(progress) if progress else None)
     except Exception as e:  # noqa: BLE001 - classified by type; the caller words it for its input
@@ -313,16 +318,66 @@ SCORING_REPOS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The hub's conversion bot opens this pull request with a safetensors copy of a repo whose main has only pickles;
+# transformers loads from it in that case (transformers/safetensors_conversion.py), and so does fetch_folder.
+CONVERSION_PR_TITLE = "Adding `safetensors` variant of this model"
+CONVERSION_BOT = "SFconvertbot"
+WEIGHTS = "model.safetensors"
+
+
+def cached_pr_refs(repo: str, cache: str | None = None) -> list[str]:
+    """The pull-request revisions (``refs/pr/N``, newest first) the hub cache holds a ref for: huggingface_hub
+    writes revision R's commit to ``models--<org>--<name>/refs/<R>``, so refs/pr/N sits at refs/refs/pr/N."""
+    pr_dir = os.path.join(cache or hub_cache_dir(), "models--" + repo.replace("/", "--"), "refs", "refs", "pr")
+    try:
+        nums = [int(n) for n in os.listdir(pr_dir) if re.fullmatch(r"\d+", n) and os.path.isfile(os.path.join(pr_dir, n))]
+    except OSError:
+        return []
+    return [f"refs/pr/{n}" for n in sorted(nums, reverse=True)]
+
+
+def conversion_pr(repo: str, endpoint: str | None = None, token=None) -> str | None:
+    """The git ref (``refs/pr/N``) of the open safetensors conversion pull request on main's latest commit, found
+    as transformers finds it (``previous_pr``: the bot's title, open, and its parent commit is main's head; here
+    also opened by the bot, as transformers requires of a public repo), or None. Raises DownloadFailed."""
+    hub = _hf()
+    try:
+        api = hub.HfApi(endpoint=endpoint_url(endpoint), token=token)
+        head = api.list_repo_commits(repo)[0].commit_id
+        for d in api.get_repo_discussions(repo, discussion_type="pull_request", discussion_status="open"):
+            if not (d.is_pull_request and d.status == "open" and d.title == CONVERSION_PR_TITLE
+                    and d.author == CONVERSION_BOT):
+                continue
+            commits = api.list_repo_commits(repo, revision=d.git_reference)
+            if len(commits) > 1 and commits[1].commit_id == head:  # a PR on an older main pairs old weights with new files
+                return d.git_reference
+    except Exception as e:  # noqa: BLE001 - classified by type, as download()'s
+        raise DownloadFailed(e) from e
+    return None
+
+
 def fetch_folder(repo: str, allow_download: bool = True, progress: Callable[[int, int], None] | None = None,
-                 cache_dir: str | None = None, endpoint: str | None = None, what: str = "clip_model") -> str:
+                 cache_dir: str | None = None, endpoint: str | None = None, what: str = "clip_model",
+                 log: Callable[[str], None] | None = None) -> str:
     """The snapshot folder of a public scoring model in the Hugging Face cache, downloading the files it
-    lacks (weights as safetensors only). Raises :class:`HubError` saying where to place them by hand."""
+    lacks (weights as safetensors only). Where main has no ``model.safetensors`` (only pickles), every file
+    comes from the hub's safetensors conversion pull request instead (:func:`conversion_pr`), so they share
+    one snapshot. ``log`` (default: the pack's logger) hears which revision was used. Raises
+    :class:`HubError` saying where to place them by hand."""
     files = SCORING_REPOS.get(repo)
     if files is None:
         raise HubError(f"{what}: {repo} is not a scoring model this pack fetches (known: {', '.join(SCORING_REPOS)})")
+    log = log or logging.getLogger("sd35-workbench").info
     cache_dir = cache_dir or hub_cache_dir()
     manual = (f"download {', '.join(files)} from {repo_url(repo)} into one folder under ComfyUI/models/clip_vision/ "
               "and pick its model.safetensors instead")
+    for rev in [None, *cached_pr_refs(repo, cache_dir)]:  # a complete cached set: main's, else a conversion PR's
+        got = {name: cached(repo, name, cache_dir, rev) for name in files}
+        if all(got.values()):
+            if rev:
+                log(f"{what}: {repo} from the Hugging Face cache at {rev} (its safetensors conversion pull request)")
+            return _one_snapshot(repo, got, cache_dir, what)
+
     got = {}
     for name in files:
         here = cached(repo, name, cache_dir)
@@ -335,10 +390,49 @@ def fetch_folder(repo: str, allow_download: bool = True, progress: Callable[[int
             try:
                 here = download(repo, name, cache_dir, endpoint, None, progress)
             except DownloadFailed as e:
-                why = {"unreachable": "the hub is unreachable", "offline": "the hub is offline",
-                       "disk_full": "the disk is full"}.get(e.kind, str(e.exc).splitlines()[0])
-                raise HubError(f"{what}: could not download {repo}/{name} ({why}); {manual}") from e.exc
+                if e.kind == "missing" and name == WEIGHTS:  # main has only pickles (pytorch_model.bin): the bot's PR
+                    return _fetch_conversion_pr(repo, files, progress, cache_dir, endpoint, what, log, manual)
+                raise _download_error(what, repo, name, None, e, manual) from e.exc
         got[name] = here
+    return _one_snapshot(repo, got, cache_dir, what)
+
+
+def _download_error(what: str, repo: str, name: str, rev: str | None, e: DownloadFailed, manual: str) -> HubError:
+    why = {"unreachable": "the hub is unreachable", "offline": "the hub is offline",
+           "disk_full": "the disk is full"}.get(e.kind, str(e.exc).splitlines()[0])
+    return HubError(f"{what}: could not download {repo}/{name}{f' at {rev}' if rev else ''} ({why}); {manual}")
+
+
+def _fetch_conversion_pr(repo: str, files: tuple[str, ...], progress: Callable[[int, int], None] | None, cache_dir: str,
+                         endpoint: str | None, what: str, log: Callable[[str], None], manual: str) -> str:
+    try:
+        ref = conversion_pr(repo, endpoint)
+    except DownloadFailed as e:
+        why = {"unreachable": "the hub is unreachable", "offline": "the hub is offline"}.get(
+            e.kind, str(e.exc).splitlines()[0])
+        raise HubError(f"{what}: {repo} has no {WEIGHTS} on main and its safetensors conversion pull request could "
+                       f"not be looked up ({why}); run again when the hub answers, or {_own_copy(files)}") from e.exc
+    if ref is None:
+        raise HubError(f"{what}: {repo} has no {WEIGHTS} on main, only pickle weights (pytorch_model.bin), which this "
+                       f"pack does not load, and no open safetensors conversion pull request by {CONVERSION_BOT} on "
+                       f"main's latest commit ({repo_url(repo)}/discussions); {_own_copy(files)}")
+    log(f"{what}: {repo} has no {WEIGHTS} on main; downloading all its files at {ref} "
+        f"(the hub's safetensors conversion pull request, as transformers loads it)")
+    got = {}
+    for name in files:  # every file at the PR's revision, so they share its snapshot
+        try:
+            got[name] = download(repo, name, cache_dir, endpoint, None, progress, ref)
+        except DownloadFailed as e:
+            raise _download_error(what, repo, name, ref, e, manual) from e.exc
+    return _one_snapshot(repo, got, cache_dir, what)
+
+
+def _own_copy(files: tuple[str, ...]) -> str:
+    return (f"download a safetensors copy of the model into one folder ComfyUI/models/clip_vision/<folder>/ ("
+            f"{', '.join(files)}, the weights as {WEIGHTS}) and pick its {WEIGHTS} instead")
+
+
+def _one_snapshot(repo: str, got: dict[str, str], cache_dir: str, what: str) -> str:
     folders = {os.path.dirname(p) for p in got.values()}
     if len(folders) != 1:  # two snapshots (the repo changed between downloads) would pair one revision's weights with another's config
         raise HubError(f"{what}: the cached files of {repo} come from different revisions; delete "

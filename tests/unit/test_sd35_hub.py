@@ -332,3 +332,130 @@ def test_one_hub_path_for_loader_and_lcm():
     src = inspect.getsource(lcm)
     assert "hf_hub_download" not in src and "try_to_load_from_cache" not in src, "lcm goes through sd35wb.hub"
     assert lcm.hf_cache_dir() == Path(hub.hub_cache_dir())
+
+
+# ---------------------------------------------------------------------------------------------
+# The Sweep Scores' CLIP model (sd35wb.hub.fetch_folder): a whole public folder, safetensors only. Where the
+# repo's main has only pickles (pytorch_model.bin), the files come from the hub's safetensors conversion pull
+# request, found as transformers finds it (an open PR by SFconvertbot with its title, on main's latest commit).
+
+CLIP = "openai/clip-vit-large-patch14-336"
+CLIP_FILES = hub.SCORING_REPOS[CLIP]
+PR_COMMIT, OLD_MAIN = "c" * 40, "b" * 40
+WEIGHTS = b"safetensors weights from the bot"
+
+
+def main_with_pickles_only(fake: FakeHub):
+    """The repo as it is believed to be: main has the config and tokenizer files and pytorch_model.bin."""
+    for name in CLIP_FILES:
+        if name != "model.safetensors":
+            fake.add(CLIP, name, f"{name} at main".encode())
+    fake.add(CLIP, "pytorch_model.bin", b"a pickle, never loaded")
+
+
+def bot_pr(fake: FakeHub, num: int, commit: str = PR_COMMIT, **kw):
+    """The conversion bot's PR: main's files plus model.safetensors, one commit on top of its parent."""
+    files = {name: f"{name} at main".encode() for name in CLIP_FILES}
+    files["model.safetensors"] = WEIGHTS
+    fake.add_pr(CLIP, num, files, commit, **kw)
+
+
+def resolves_at(fake: FakeHub, rev: str) -> list[str]:
+    return [r for r in fake.requests if f"/resolve/{rev}/" in r]
+
+
+def test_clip_from_main_when_main_has_the_weights(fake_hub, tmp_path):
+    for name in CLIP_FILES:
+        fake_hub.add(CLIP, name, f"{name} at main".encode())
+    bot_pr(fake_hub, 1)  # there, but never asked for
+    logs = []
+    got = hub.fetch_folder(CLIP, endpoint=fake_hub.url, log=logs.append)
+    assert got == str(tmp_path / "hf-cache" / "models--openai--clip-vit-large-patch14-336" / "snapshots" / REV)
+    assert sorted(os.listdir(got)) == sorted(CLIP_FILES)
+    assert Path(got, "model.safetensors").read_bytes() == b"model.safetensors at main"
+    assert not [r for r in fake_hub.requests if "/api/" in r], "no commits or discussions call"
+    assert not resolves_at(fake_hub, "refs%2Fpr%2F1") and logs == []
+
+
+def test_clip_from_the_conversion_pr_when_main_has_only_pickles(fake_hub, tmp_path):
+    main_with_pickles_only(fake_hub)
+    bot_pr(fake_hub, 7)
+    fake_hub.discussions[CLIP].append({**fake_hub.discussions[CLIP][0], "num": 2, "isPullRequest": False,
+                                       "title": "Is this model still maintained?"})  # a discussion, not a PR
+    logs = []
+    got = hub.fetch_folder(CLIP, endpoint=fake_hub.url, log=logs.append)
+    assert got == str(tmp_path / "hf-cache" / "models--openai--clip-vit-large-patch14-336" / "snapshots" / PR_COMMIT)
+    assert sorted(os.listdir(got)) == sorted(CLIP_FILES), "every file in the PR's one snapshot"
+    assert Path(got, "model.safetensors").read_bytes() == WEIGHTS
+    assert Path(got, "vocab.json").read_bytes() == b"vocab.json at main"
+    assert not [r for r in fake_hub.requests if "pytorch_model.bin" in r], "the pickle is never fetched"
+    assert len(resolves_at(fake_hub, "refs%2Fpr%2F7")) >= len(CLIP_FILES)  # each file asked for at the PR
+    assert len(logs) == 1 and "refs/pr/7" in logs[0] and "no model.safetensors on main" in logs[0]
+    served = len(fake_hub.requests)
+    fake_hub.close()
+    logs.clear()
+    assert hub.fetch_folder(CLIP, endpoint=fake_hub.url, log=logs.append) == got, "second time: the cache, hub gone"
+    assert len(fake_hub.requests) == served and "refs/pr/7" in logs[0]
+
+
+def test_a_conversion_pr_on_an_older_main_is_not_used(fake_hub):
+    main_with_pickles_only(fake_hub)
+    bot_pr(fake_hub, 2)  # on main's head
+    bot_pr(fake_hub, 4, commit="d" * 40, parent=OLD_MAIN)  # newer PR, but main has moved on since
+    fake_hub.parents[REV] = OLD_MAIN
+    got = hub.fetch_folder(CLIP, endpoint=fake_hub.url, log=lambda _m: None)
+    assert os.path.basename(got) == PR_COMMIT
+    assert not resolves_at(fake_hub, "refs%2Fpr%2F4")
+
+
+@pytest.mark.parametrize("pr", [None, {"parent": OLD_MAIN}, {"author": "someone-else"}, {"status": "closed"}],
+                         ids=["no PR", "on an older main", "not the bot", "closed"])
+def test_no_usable_conversion_pr_says_what_to_do(fake_hub, tmp_path, pr):
+    main_with_pickles_only(fake_hub)
+    if pr is not None:
+        bot_pr(fake_hub, 1, **pr)
+    with pytest.raises(hub.HubError) as e:
+        hub.fetch_folder(CLIP, endpoint=fake_hub.url)
+    assert str(e.value) == (
+        "clip_model: openai/clip-vit-large-patch14-336 has no model.safetensors on main, only pickle weights "
+        "(pytorch_model.bin), which this pack does not load, and no open safetensors conversion pull request by "
+        "SFconvertbot on main's latest commit (https://huggingface.co/openai/clip-vit-large-patch14-336/discussions); "
+        "download a safetensors copy of the model into one folder ComfyUI/models/clip_vision/<folder>/ (config.json, "
+        "preprocessor_config.json, tokenizer_config.json, special_tokens_map.json, vocab.json, merges.txt, "
+        "model.safetensors, the weights as model.safetensors) and pick its model.safetensors instead")
+    assert not resolves_at(fake_hub, "refs%2Fpr%2F1")
+    assert not list((tmp_path / "hf-cache").rglob("snapshots/*/model.safetensors"))
+
+
+def cache_snapshot(cache: Path, repo: str, files: dict[str, bytes], commit: str, ref: str) -> Path:
+    """``files`` at ``commit`` in the hub cache, named by ``ref`` as huggingface_hub writes it (refs/<ref>)."""
+    base = cache / ("models--" + repo.replace("/", "--"))
+    for path, data in files.items():
+        blob = base / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        snap = base / "snapshots" / commit / path
+        snap.parent.mkdir(parents=True, exist_ok=True)
+        snap.symlink_to(os.path.relpath(blob, snap.parent))
+    (base / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+    (base / "refs" / ref).write_text(commit)
+    return base / "snapshots" / commit
+
+
+def test_clip_offline_from_a_cached_conversion_pr(tmp_path):
+    cache = tmp_path / "hf-cache"
+    at_main = {name: f"{name} at main".encode() for name in CLIP_FILES if name != "model.safetensors"}
+    cache_snapshot(cache, CLIP, at_main, REV, "main")  # what the download left: main without the weights
+    no_weights = cache / "models--openai--clip-vit-large-patch14-336" / ".no_exist" / REV / "model.safetensors"
+    no_weights.parent.mkdir(parents=True)
+    no_weights.touch()
+    partial = cache_snapshot(cache, CLIP, {"config.json": b"{}"}, "e" * 40, "refs/pr/9")  # an incomplete PR
+    snap = cache_snapshot(cache, CLIP, {**at_main, "model.safetensors": WEIGHTS}, PR_COMMIT, "refs/pr/3")
+    logs = []
+    assert hub.fetch_folder(CLIP, log=logs.append) == str(snap) != str(partial)
+    assert logs == ["clip_model: openai/clip-vit-large-patch14-336 from the Hugging Face cache at refs/pr/3 "
+                    "(its safetensors conversion pull request)"]
+    (snap / "vocab.json").unlink()  # no complete set left: offline says so
+    with pytest.raises(hub.HubError, match=r"clip_model: openai/clip-vit-large-patch14-336/model.safetensors is not in "
+                                           r"the Hugging Face cache and the hub is offline \(HF_HUB_OFFLINE is set\)"):
+        hub.fetch_folder(CLIP)
