@@ -6,7 +6,10 @@ by integer step, so at most limit - 1 remain before the save), the weights writt
 ``temporary-N/`` (here in two halves with a pause, so a half-written file really sits there), the
 folder renamed to ``checkpoint-N/``, and ``checkpoint_manifest.json`` + ``.guard`` written last.
 The final save is ``output_dir/pytorch_lora_weights.safetensors``, written in place (in two halves
-too). Optionally each save is followed by SimpleTuner's raw webhook events, with the JSON
+too). A full fine-tune (``full=True``) writes ``transformer/diffusion_pytorch_model.safetensors``
+into ``temporary-N/``, copies it into ``checkpoint-N/`` (half a file there for a while too) and
+deletes ``temporary-N/``, as SimpleTuner 4.10.1 does; its final save is
+``output_dir/pipeline/transformer/``. Optionally each save is followed by SimpleTuner's raw webhook events, with the JSON
 shape of ``simpletuner/helpers/webhooks/events.py`` as ``handler.send_raw`` posts it.
 """
 
@@ -23,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 LORA = "pytorch_lora_weights.safetensors"
+FULL = "transformer/diffusion_pytorch_model.safetensors"
 
 
 def _stamp() -> str:
@@ -56,8 +60,8 @@ class Trainer:
     """One run's saves. ``times[step]`` records when each phase happened (``time.time()``)."""
 
     def __init__(self, output_dir: Path, weights: bytes, limit: int = 2, webhook: str | None = None,
-                 half_pause: float = 0.3, marker_pause: float = 0.6):
-        self.out = Path(output_dir)
+                 half_pause: float = 0.3, marker_pause: float = 0.6, full: bool = False):
+        self.out, self.full = Path(output_dir), full
         self.weights, self.limit, self.webhook = weights, limit, webhook
         self.half_pause, self.marker_pause = half_pause, marker_pause
         self.job_id = None  # what SimpleTuner sends unless SIMPLETUNER_JOB_ID is set
@@ -81,22 +85,37 @@ class Trainer:
             shutil.rmtree(d)
             self.rotated.append(step)
 
+    def _write(self, dst: Path, data: bytes | None = None) -> None:
+        """The weights (or ``data``, at once) into ``dst``; the weights in two halves with a pause between."""
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if data is not None:
+            dst.write_bytes(data)
+            return
+        half = len(self.weights) // 2
+        with open(dst, "wb") as f:
+            f.write(self.weights[:half])
+            f.flush()
+            time.sleep(self.half_pause)
+            f.write(self.weights[half:])
+
     def save(self, step: int) -> Path:
         self._rotate()
         path = self.out / f"checkpoint-{step}"
         self._send(stage_payload("checkpoint_save", "Saving Checkpoint", "running", f"Saving checkpoint to {path}",
                                  self.job_id))
         tmp = self.out / f"temporary-{step}"
-        tmp.mkdir(parents=True)
-        half = len(self.weights) // 2
-        with open(tmp / LORA, "wb") as f:  # a half-written file sits in temporary-N/ for a while
-            f.write(self.weights[:half])
-            f.flush()
-            time.sleep(self.half_pause)
-            f.write(self.weights[half:])
+        weights = FULL if self.full else LORA
+        self._write(tmp / weights)  # a half-written file sits in temporary-N/ for a while
         (tmp / "optimizer.bin").write_bytes(b"accelerate state: never loaded\n")
         (tmp / "training_state.json").write_text(json.dumps({"global_step": step}))
-        os.rename(tmp, path)
+        if self.full:  # copied, then temporary-N/ deleted: checkpoint-N/ holds half a file for a while
+            for f in sorted(tmp.rglob("*")):
+                rel = f.relative_to(tmp).as_posix()
+                if f.is_file():
+                    self._write(path / rel, None if rel == FULL else f.read_bytes())
+            shutil.rmtree(tmp)
+        else:
+            os.rename(tmp, path)
         self.times[step] = {"renamed": time.time()}
         time.sleep(self.marker_pause)  # the markers come last: till then the checkpoint is in progress
         (path / "checkpoint_manifest.json").write_text(json.dumps({"step": step, "files": sorted(os.listdir(path))}))
@@ -108,13 +127,10 @@ class Trainer:
     def final(self) -> Path:
         self._send(stage_payload("model_save", "Saving Final Model", "running",
                                  f"Finalizing model and saving to {self.out}", self.job_id))
-        dst = self.out / LORA
-        half = len(self.weights) // 2
-        with open(dst, "wb") as f:  # written in place, as save_lora_weights does: half a file for a while
-            f.write(self.weights[:half])
-            f.flush()
-            time.sleep(self.half_pause)
-            f.write(self.weights[half:])
+        dst = self.out / "pipeline" / FULL if self.full else self.out / LORA
+        self._write(dst)  # in place (save_pretrained into pipeline/, or save_lora_weights): half a file for a while
+        if self.full:
+            (self.out / "pipeline" / "model_index.json").write_text(json.dumps({"_class_name": "SimpleTunerPipeline"}))
         self.times["final"] = {"renamed": time.time(), "complete": time.time()}
         self._send(stage_payload("training_complete", "Training Complete", "completed", "Training run complete.",
                                  self.job_id))

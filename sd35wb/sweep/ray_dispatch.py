@@ -301,6 +301,11 @@ def make_dispatch(address: str, servers: list[str] | None = None, comfyui_path: 
         specs = [{"comfyui_path": comfyui_path, "comfyui_args": comfyui_args} for _ in range(workers)]
     else:
         specs = [{"url": u} for u in servers]
+    need, have = len(specs), int(ray.cluster_resources().get(resource or "GPU", 0))
+    if have < need:  # an autoscaler may still add nodes: wait, but say what for
+        print(f"ray: waiting for {need} worker(s) of 1 {resource or 'GPU'} each; the cluster has {have} now (up to "
+              f"{START_TIMEOUT + 60} s; a cluster without GPUs needs --ray-resource NAME, a custom resource of its "
+              "nodes)", file=sys.stderr, flush=True)
     run = uuid.uuid4().hex[:12]
     actors = [actor_cls.remote(client_id=f"sd35wb-ray-{run}-{i}", **s) for i, s in enumerate(specs)]
     try:

@@ -321,3 +321,45 @@ def test_ray_comfyui_path_without_main_py_is_a_clear_error(cluster, tmp_path):
             "--ray-resource", "comfy", "--ray-workers", "1", "--comfyui-path", tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"--comfyui-path {tmp_path}: no main.py there" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_ray_follows_a_full_fine_tune_while_it_trains(server, second_server, clip_link, cluster, training_root,
+                                                      tiny_models, tmp_path, monkeypatch):
+    """--follow with --run over Ray: SimpleTuner's full-model saves (temporary-N/ copied into checkpoint-N/,
+    then the final pipeline/), each linked on both servers, rendered once, never half-read."""
+    from tools.simpletuner_trainer import Trainer
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    run = "ray-follow-full"
+    out_dir = training_root / run
+    trainer = Trainer(out_dir, (tiny_models / "diffusion_models" / "tiny-sd35m.safetensors").read_bytes(), limit=5,
+                      half_pause=0.2, marker_pause=0.2, full=True)
+    out = tmp_path / "follow.png"
+    reader = Reader(cli("--workflow", workflow(tmp_path, "ray_follow"), "--run", run, "--follow", out_dir, "--server",
+                        server.url, "--server", second_server.url, "--ray", cluster.address, "--ray-resource", "comfy", "--out",
+                        out, "--poll",
+                        "0.3", popen=True))
+    reader.wait_for(r"^follow: watching ray-follow-full \(", timeout=120)
+    for step in (100, 200):
+        trainer.save(step)
+        reader.wait_for(rf"^\[\d+/\d+\] checkpoint-{step} ", timeout=120)
+    trainer.final()
+    text = reader.finish(180)
+    assert reader.proc.returncode == 0, text
+    assert "follow: stopped: the run's final save (ray-follow-full-final) is rendered" in text, text
+    assert re.search(r"^ray: actor \d+ for ", text, re.M) and "failed:" not in text, text
+    want = [f"{run}/checkpoint-100.safetensors", f"{run}/checkpoint-200.safetensors", f"{run}/{run}-final.safetensors"]
+    assert sorted(e["model"] for e in _state(out).values()) == want, "each save once, none of temporary-N/"
+    starts: dict[str, list[float]] = {}
+    for srv in (server, second_server):
+        for entry in srv.get_json("/history?max_items=100000").values():
+            name = entry["prompt"][2]["1"]["inputs"].get("unet_name", "")
+            if name.startswith(run + "/") and entry["status"].get("status_str") == "success":
+                starts.setdefault(name, []).append(next(d["timestamp"] / 1000 for kind, d in entry["status"]["messages"]
+                                                        if kind == "execution_start"))
+    assert sorted(starts) == want and all(len(t) == 1 for t in starts.values()), starts
+    # Never while checkpoint-N/ held half a copied file; checkpoint-200 not before its markers either (100 came
+    # first: the linker had not yet seen this run write markers, so a complete file was enough).
+    assert starts[f"{run}/checkpoint-100.safetensors"][0] >= trainer.times[100]["renamed"] - 0.05
+    assert starts[f"{run}/checkpoint-200.safetensors"][0] >= trainer.times[200]["complete"] - 0.05
+    assert starts[f"{run}/{run}-final.safetensors"][0] >= trainer.times["final"]["complete"] - 0.05
