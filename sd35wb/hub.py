@@ -369,8 +369,9 @@ def fetch_folder(repo: str, allow_download: bool = True, progress: Callable[[int
         raise HubError(f"{what}: {repo} is not a scoring model this pack fetches (known: {', '.join(SCORING_REPOS)})")
     log = log or logging.getLogger("sd35-workbench").info
     cache_dir = cache_dir or hub_cache_dir()
-    manual = (f"download {', '.join(files)} from {repo_url(repo)} into one folder under ComfyUI/models/clip_vision/ "
-              "and pick its model.safetensors instead")
+    manual = (f"download {', '.join(files)} from {repo_url(repo)} (where main has no model.safetensors, from its "
+              f"'{CONVERSION_PR_TITLE}' pull request) into one folder under ComfyUI/models/clip_vision/ and pick its "
+              "model.safetensors instead")
     for rev in [None, *cached_pr_refs(repo, cache_dir)]:  # a complete cached set: main's, else a conversion PR's
         got = {name: cached(repo, name, cache_dir, rev) for name in files}
         if all(got.values()):
