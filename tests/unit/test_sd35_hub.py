@@ -52,16 +52,7 @@ def _isolated_hub(tmp_path, monkeypatch):
 
 def cache_file(cache: Path, repo: str, path: str, data: bytes) -> Path:
     """Put ``data`` in the hub cache the way huggingface_hub does: blob + snapshot symlink + ref."""
-    base = cache / ("models--" + repo.replace("/", "--"))
-    blob = base / "blobs" / hashlib.sha256(data).hexdigest()
-    blob.parent.mkdir(parents=True, exist_ok=True)
-    blob.write_bytes(data)
-    snap = base / "snapshots" / REV / path
-    snap.parent.mkdir(parents=True, exist_ok=True)
-    snap.symlink_to(os.path.relpath(blob, snap.parent))
-    (base / "refs").mkdir(exist_ok=True)
-    (base / "refs" / "main").write_text(REV)
-    return snap
+    return cache_snapshot(cache, repo, {path: data}, REV, "main") / path
 
 
 @pytest.fixture
