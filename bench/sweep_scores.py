@@ -261,16 +261,10 @@ def report_time(r: dict, smoke: bool) -> bool:
         ratios[clock] = (statistics.median(cl) + statistics.median(di)) / statistics.median(ren)
         print(f"  {clock:>4}: render s/image {_spread(ren)}; CLIP s/image {_spread(cl, '.3f')}; DINOv2 s/image "
               f"{_spread(di, '.3f')}; scoring / render {ratios[clock]:.3f} (target <= {TARGETS['ratio']})")
-    step = statistics.median(r["step"])
     print(f"  wall s/step {_spread(r['step'])} (the sampler's callback, {len(r['step'])} steps)")
     print(f"  once per sweep, not per image (wall): load the checkpoint {r['load_model']['wall']:.1f} s, CLIP "
           f"{r['load_clip']['wall']:.1f} s, DINOv2 {r['load_dino']['wall']:.1f} s, {N_TRAIN} training images' "
           f"DINOv2 embeddings {r['bank']['wall']:.1f} s")
-    ren = statistics.median(x["wall"] for x in r["render"])
-    rest = max(0.0, ren - r["steps"] * step)  # decode and the sampler's set-up: does not grow with steps
-    score = statistics.median(x["wall"] for x in r["clip"]) + statistics.median(x["wall"] for x in r["dino"])
-    print(f"  DERIVED, not measured: a 28-step render at {r['px']} px from the measured wall s/step would take "
-          f"{rest + 28 * step:.1f} s/image, giving scoring / render {score / (rest + 28 * step):.3f}")
     return ratios["wall"] <= TARGETS["ratio"]
 
 
