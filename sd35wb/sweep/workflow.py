@@ -9,11 +9,12 @@ import json
 import os
 from pathlib import Path
 
-from ..prompt_graph import loaded_file
+from ..prompt_graph import MODEL_LOADERS, loaded_file
 from .plan import Axis, Cell, InputSpec, coerce, fingerprint, parse_axis_spec
 
-# Loader class -> the input naming its diffusion model (our SD3.5 loader takes checkpoints too).
-LOADERS = {"UNETLoader": "unet_name", "SD35WB_SD35Loader": "model_name"}
+# Loader class -> the input naming its diffusion model (our SD3.5 loader takes checkpoints too): the
+# diffusion-model loaders of the one loader table.
+LOADERS = {cls: key for cls, (key, folders) in MODEL_LOADERS.items() if "diffusion_models" in folders}
 LORA_LOADERS = ("LoraLoaderModelOnly", "LoraLoader")
 SEED_INPUTS = ("seed", "noise_seed")
 
