@@ -398,10 +398,13 @@ def fetch_folder(repo: str, allow_download: bool = True, progress: Callable[[int
     return _one_snapshot(repo, got, cache_dir, what)
 
 
+def _why(e: DownloadFailed) -> str:
+    return {"unreachable": "the hub is unreachable", "offline": "the hub is offline",
+            "disk_full": "the disk is full"}.get(e.kind, str(e.exc).splitlines()[0])
+
+
 def _download_error(what: str, repo: str, name: str, rev: str | None, e: DownloadFailed, manual: str) -> HubError:
-    why = {"unreachable": "the hub is unreachable", "offline": "the hub is offline",
-           "disk_full": "the disk is full"}.get(e.kind, str(e.exc).splitlines()[0])
-    return HubError(f"{what}: could not download {repo}/{name}{f' at {rev}' if rev else ''} ({why}); {manual}")
+    return HubError(f"{what}: could not download {repo}/{name}{f' at {rev}' if rev else ''} ({_why(e)}); {manual}")
 
 
 def _fetch_conversion_pr(repo: str, files: tuple[str, ...], progress: Callable[[int, int], None] | None, cache_dir: str,
@@ -409,10 +412,8 @@ def _fetch_conversion_pr(repo: str, files: tuple[str, ...], progress: Callable[[
     try:
         ref = conversion_pr(repo, endpoint)
     except DownloadFailed as e:
-        why = {"unreachable": "the hub is unreachable", "offline": "the hub is offline"}.get(
-            e.kind, str(e.exc).splitlines()[0])
         raise HubError(f"{what}: {repo} has no {WEIGHTS} on main and its safetensors conversion pull request could "
-                       f"not be looked up ({why}); run again when the hub answers, or {_own_copy(files)}") from e.exc
+                       f"not be looked up ({_why(e)}); run again when the hub answers, or {_own_copy(files)}") from e.exc
     if ref is None:
         raise HubError(f"{what}: {repo} has no {WEIGHTS} on main, only pickle weights (pytorch_model.bin), which this "
                        f"pack does not load, and no open safetensors conversion pull request by {CONVERSION_BOT} on "
